@@ -1,0 +1,1 @@
+"""Shared library: data, tokenization, log-probs, models, DPO loss, scoring, plotting scale."""
