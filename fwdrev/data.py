@@ -1,0 +1,277 @@
+"""Loading and validating preference data (prompt, chosen y+, rejected y-).
+
+Two input shapes are accepted:
+
+* plain: a question column plus two response columns; the prompt is rendered later with the
+  tokenizer's chat template (see ``render_prompt``);
+* embedded: the response columns already hold the whole chat-formatted conversation
+  (system + user + assistant, as in the study's data). The prompt is the text up to and
+  including the last assistant header, the response is the rest. The question column is not
+  used then: for ``flipped`` rows the user turn holds the reverse question.
+
+Every excluded or adjusted row is counted in a ``DataReport`` with its row indices.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from fwdrev.io import write_json
+
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+FALLBACK_PROMPT_TEMPLATE = "### Question:\n{question}\n\n### Answer:\n"
+MAX_INDICES_IN_MESSAGE = 20
+
+
+class DataValidationError(ValueError):
+    """Bad input data; the message names the file, the column and the offending rows."""
+
+
+@dataclass
+class PreferenceExample:
+    example_id: int  # row index in the source file
+    prompt: str  # rendered prompt for embedded rows; the raw question for plain rows
+    chosen: str
+    rejected: str
+    sample_type: str | None = None
+    shape: str = "embedded"  # plain responses get an EOS token appended at tokenization
+    prompt_is_rendered: bool = True
+
+
+@dataclass
+class DataReport:
+    path: str
+    shape: str  # "embedded" or "plain"
+    total_rows: int
+    selected_rows: int  # after the sample_type filter
+    used_rows: int = 0
+    sample_type_counts: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, list[int]] = field(default_factory=dict)  # reason -> row indices
+    adjusted: dict[str, list[int]] = field(default_factory=dict)  # reason -> row indices
+    truncated: dict[str, list[int]] = field(default_factory=dict)  # filled by tokenization
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_json(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    def summary(self) -> str:
+        lines = [
+            f"data: {self.path} ({self.shape}): {self.total_rows} rows, "
+            f"{self.selected_rows} selected, {self.used_rows} used",
+        ]
+        for title, groups in (("excluded", self.excluded), ("adjusted", self.adjusted),
+                              ("truncated", self.truncated)):
+            for reason, rows in groups.items():
+                if rows:
+                    lines.append(f"  {title} ({reason}): {len(rows)} rows {_preview(rows)}")
+        return "\n".join(lines)
+
+
+@dataclass
+class PreferenceData:
+    examples: list[PreferenceExample]
+    report: DataReport
+    frame: pd.DataFrame  # the used source rows, indexed by their row index in the file
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a Parquet or JSONL file into a DataFrame with a clear error for bad paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif suffix in (".jsonl", ".json"):
+        frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)  # keep "4" a string
+    else:
+        raise DataValidationError(
+            f"{path}: unknown extension {suffix!r}; expected .parquet, .jsonl or .json"
+        )
+    return frame.reset_index(drop=True)
+
+
+def split_embedded(text: str) -> tuple[str, str] | None:
+    """Split a chat-formatted conversation into (prompt, response) at the last assistant header."""
+    cut = text.rfind(ASSISTANT_HEADER)
+    if cut < 0:
+        return None
+    cut += len(ASSISTANT_HEADER)
+    return text[:cut], text[cut:]
+
+
+def render_prompt(question: str, tokenizer=None) -> str:
+    """Render a plain question as a prompt: the tokenizer's chat template, else a simple one."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    return FALLBACK_PROMPT_TEMPLATE.format(question=question)
+
+
+def parse_sample_types(value: str | Sequence[str] | None) -> list[str] | None:
+    """'original,flipped' -> ['original', 'flipped']; None/''/'all' -> None (no filter)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    values = [v for v in value if v]
+    return None if not values or values == ["all"] else values
+
+
+def load_preference_data(
+    path: str | Path,
+    prompt_field: str = "question",
+    chosen_field: str = "text",
+    rejected_field: str = "worse-text",
+    sample_types: str | Sequence[str] | None = None,
+    drop_invalid_rows: bool = False,
+    tokenizer=None,
+) -> PreferenceData:
+    """Load, filter and validate a preference file.
+
+    Raises ``DataValidationError`` naming the file, column and rows of every problem, unless
+    ``drop_invalid_rows`` is set, in which case those rows are excluded and reported.
+    With ``tokenizer``, plain prompts are rendered with its chat template right away.
+    """
+    frame = read_table(path)
+    total_rows = len(frame)
+    wanted_types = parse_sample_types(sample_types)
+    _require_columns(frame, path, [chosen_field, rejected_field])
+    if wanted_types is not None:
+        _require_columns(frame, path, ["sample_type"])
+        present = set(frame["sample_type"].dropna().astype(str))
+        missing = [t for t in wanted_types if t not in present]
+        if missing:
+            raise DataValidationError(
+                f"{path}: column 'sample_type' has no rows with value(s) {missing}; "
+                f"present values: {sorted(present)}"
+            )
+        frame = frame[frame["sample_type"].isin(wanted_types)]
+
+    shape = _detect_shape(frame[chosen_field])
+    report = DataReport(path=str(path), shape=shape, total_rows=total_rows, selected_rows=len(frame))
+    if shape == "plain":
+        _require_columns(frame, path, [prompt_field])
+        text_columns = [prompt_field, chosen_field, rejected_field]
+    else:
+        text_columns = [chosen_field, rejected_field]
+
+    problems: dict[str, list[int]] = {}
+    for column in text_columns:
+        bad = [int(i) for i, v in frame[column].items() if not _is_nonempty_string(v)]
+        if bad:
+            problems[f"column '{column}': missing, empty or non-string value"] = bad
+    bad_rows = {i for rows in problems.values() for i in rows}
+    identical = [int(i) for i, row in frame.iterrows()
+                 if i not in bad_rows and row[chosen_field] == row[rejected_field]]
+    if identical:
+        problems[f"columns '{chosen_field}' and '{rejected_field}': chosen identical to rejected"] = identical
+
+    examples: list[PreferenceExample] = []
+    whitespace_adjusted: list[int] = []
+    bad_rows |= set(identical)
+    no_header: list[int] = []
+    prompt_mismatch: list[int] = []
+    for i, row in frame.iterrows():
+        i = int(i)
+        if i in bad_rows:
+            continue
+        sample_type = _optional_str(row.get("sample_type"))
+        if shape == "plain":
+            examples.append(PreferenceExample(i, row[prompt_field], row[chosen_field],
+                                              row[rejected_field], sample_type, "plain", False))
+            continue
+        chosen_split, rejected_split = split_embedded(row[chosen_field]), split_embedded(row[rejected_field])
+        if chosen_split is None or rejected_split is None:
+            no_header.append(i)
+            continue
+        (chosen_prompt, chosen), (rejected_prompt, rejected) = chosen_split, rejected_split
+        if chosen_prompt != rejected_prompt:
+            if _squash_whitespace(chosen_prompt) != _squash_whitespace(rejected_prompt):
+                prompt_mismatch.append(i)
+                continue
+            whitespace_adjusted.append(i)  # keep the chosen response's prompt
+        examples.append(PreferenceExample(i, chosen_prompt, chosen, rejected, sample_type))
+    if no_header:
+        problems[f"columns '{chosen_field}'/'{rejected_field}': embedded conversation without "
+                 f"an assistant header {ASSISTANT_HEADER!r}"] = no_header
+    if prompt_mismatch:
+        problems[f"columns '{chosen_field}'/'{rejected_field}': the two conversations have "
+                 "different prompts"] = prompt_mismatch
+
+    if problems and not drop_invalid_rows:
+        details = "\n".join(f"  {reason}: rows {_preview(rows)}" for reason, rows in problems.items())
+        raise DataValidationError(
+            f"{path}: {sum(map(len, problems.values()))} invalid rows "
+            f"(pass --drop_invalid_rows to exclude them instead):\n{details}"
+        )
+    report.excluded = {reason: sorted(rows) for reason, rows in problems.items()}
+    if whitespace_adjusted:
+        report.adjusted["prompts differ only in white space; chosen prompt used"] = whitespace_adjusted
+    if not examples:
+        raise DataValidationError(f"{path}: no usable rows left\n{report.summary()}")
+    if tokenizer is not None:
+        examples = render_plain_prompts(examples, tokenizer)
+    report.used_rows = len(examples)
+    report.sample_type_counts = _count_sample_types(examples)
+    used = frame.loc[[e.example_id for e in examples]]
+    return PreferenceData(examples=examples, report=report, frame=used)
+
+
+def render_plain_prompts(examples: list[PreferenceExample], tokenizer) -> list[PreferenceExample]:
+    """Render the raw questions of plain rows with the tokenizer's chat template."""
+    for example in examples:
+        if not example.prompt_is_rendered:
+            example.prompt = render_prompt(example.prompt, tokenizer)
+            example.prompt_is_rendered = True
+    return examples
+
+
+def _detect_shape(chosen: pd.Series) -> str:
+    has_header = chosen.map(lambda v: isinstance(v, str) and ASSISTANT_HEADER in v)
+    return "embedded" if bool(has_header.any()) else "plain"
+
+
+def _require_columns(frame: pd.DataFrame, path, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataValidationError(
+            f"{path}: missing column(s) {missing}; available columns: {list(frame.columns)}"
+        )
+
+
+def _is_nonempty_string(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _optional_str(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def _squash_whitespace(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _count_sample_types(examples: list[PreferenceExample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for example in examples:
+        key = example.sample_type or "unknown"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _preview(rows: list[int]) -> str:
+    shown = ", ".join(map(str, rows[:MAX_INDICES_IN_MESSAGE]))
+    more = f", ... ({len(rows)} in all)" if len(rows) > MAX_INDICES_IN_MESSAGE else ""
+    return f"[{shown}{more}]"

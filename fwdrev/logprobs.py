@@ -1,0 +1,81 @@
+"""Per-token label log-probs without materializing full-vocabulary logits.
+
+A 20,000-token sequence against a 152k-token vocabulary is 12 GB of float32 logits. Here the
+output head is applied only at labelled (response) positions, in chunks of ``chunk_size``
+tokens, and each chunk's log-softmax is reduced to the label's log-prob at once. Under autograd
+each chunk is checkpointed, so backward recomputes one chunk's logits at a time instead of
+keeping all of them. The head is called as a module, so DeepSpeed ZeRO-3 gathers its weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from fwdrev.tokenization import IGNORE_INDEX
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+@dataclass
+class SequenceLogprobs:
+    per_token: torch.Tensor  # (B, T) float32, 0 where mask is False
+    mask: torch.Tensor  # (B, T) bool: response tokens
+    sum: torch.Tensor  # (B,) float32
+    mean: torch.Tensor  # (B,) float32 (sum / count; 0 for an empty response)
+    count: torch.Tensor  # (B,) long
+
+
+def _label_logps_of_chunk(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def label_logprobs(hidden: torch.Tensor, lm_head, targets: torch.Tensor,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogprobs:
+    """Log-probs of ``targets`` (B, T) under ``lm_head(hidden)`` for hidden (B, T, H).
+
+    ``hidden`` and ``targets`` are already aligned (hidden at t predicts targets at t);
+    positions whose target is ``IGNORE_INDEX`` are skipped entirely.
+    """
+    mask = targets != IGNORE_INDEX
+    flat_hidden = hidden[mask]  # (N, H): only labelled positions reach the head
+    flat_targets = targets[mask]
+    use_checkpoint = torch.is_grad_enabled() and flat_hidden.requires_grad
+    pieces = []
+    for start in range(0, flat_targets.numel(), chunk_size):
+        h = flat_hidden[start : start + chunk_size]
+        t = flat_targets[start : start + chunk_size]
+        if use_checkpoint:
+            pieces.append(checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=False))
+        else:
+            pieces.append(_label_logps_of_chunk(lm_head, h, t))
+    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    per_token = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    per_token = per_token.masked_scatter(mask, flat)
+    count = mask.sum(-1)
+    total = per_token.sum(-1)
+    mean = total / count.clamp(min=1)
+    return SequenceLogprobs(per_token=per_token, mask=mask, sum=total, mean=mean, count=count)
+
+
+def unwrap_causal_lm(model):
+    """The model under DeepSpeed/DDP wrappers (a PeftModel stays a PeftModel)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogprobs:
+    """Response log-probs of a causal LM: run the decoder, then the chunked head.
+
+    ``labels`` are the input ids with ``IGNORE_INDEX`` at prompt and padding positions; the
+    hidden state at position t scores the label at t + 1.
+    """
+    model = unwrap_causal_lm(model)
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return label_logprobs(hidden[:, :-1], model.get_output_embeddings(), labels[:, 1:], chunk_size)

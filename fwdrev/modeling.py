@@ -1,0 +1,122 @@
+"""Model, tokenizer and LoRA adapter loading shared by every script."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@lru_cache(maxsize=None)
+def pick_attn_implementation(use_flash_attention: bool) -> str:
+    """flash_attention_2 when asked for and usable, else PyTorch SDPA (warned once)."""
+    if not use_flash_attention:
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        reason = "the flash_attn package is not installed"
+    else:
+        if torch.cuda.is_available():
+            return "flash_attention_2"
+        reason = "no CUDA device is available"
+    warnings.warn(f"--use_flash_attention: {reason}; falling back to PyTorch SDPA attention",
+                  stacklevel=2)
+    return "sdpa"
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # only used as padding, never scored
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def default_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
+    if bf16:
+        return torch.bfloat16
+    if fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                   trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str:
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return config["base_model_name_or_path"]
+
+
+def make_lora_config(r: int = 256, alpha: int = 512, dropout: float = 0.05,
+                     target_modules: str | list[str] = DEFAULT_LORA_TARGETS):
+    from peft import LoraConfig
+
+    if isinstance(target_modules, str) and target_modules != "all-linear":
+        target_modules = [m.strip() for m in target_modules.split(",") if m.strip()]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def add_lora(model, lora_config, seed: int):
+    """Wrap ``model`` with a fresh LoRA adapter; seeded so every rank starts from the same init.
+
+    ``autocast_adapter_dtype=False`` keeps the adapter in the base model's dtype (bf16 under
+    DeepSpeed), which ZeRO-3 needs: it flattens all trainable parameters into one dtype.
+    """
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(model, lora_config, autocast_adapter_dtype=False)
+
+
+def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", is_trainable=False):
+    """Attach a saved adapter to a base model (or to a PeftModel under another name)."""
+    from peft import PeftModel
+
+    if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+        model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
+        return model
+    return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
+                                     is_trainable=is_trainable, autocast_adapter_dtype=False)
+
+
+def load_for_scoring(model_path: str, base_model: str | None = None,
+                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     use_flash_attention: bool = False, trust_remote_code: bool = False):
+    """Load a full model or a LoRA adapter directory (base from its config or ``base_model``).
+
+    Returns (model in eval mode on ``device``, tokenizer).
+    """
+    attn = pick_attn_implementation(use_flash_attention)
+    if is_adapter_dir(model_path):
+        base_path = base_model or adapter_base_model(model_path)
+        model = load_causal_lm(base_path, dtype, attn, trust_remote_code)
+        model = load_adapter(model, model_path)
+        tokenizer_path = model_path if (Path(model_path) / "tokenizer_config.json").is_file() else base_path
+    else:
+        model = load_causal_lm(model_path, dtype, attn, trust_remote_code)
+        tokenizer_path = model_path
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
+    return model.to(device).eval(), tokenizer
