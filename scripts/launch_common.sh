@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Shared preamble of the shell launchers: `source scripts/launch_common.sh` after the user's
+# variables. Provides NUM_PROCS (GPUs found, else CPU processes), a free MASTER_PORT, the
+# project root on PYTHONPATH, and `launch SCRIPT ARGS...` = torchrun on this machine.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+
+# Use the project-local virtual environment when one exists and none is active.
+if [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO_ROOT}/.venv/bin/python" ]]; then
+    export PATH="${REPO_ROOT}/.venv/bin:${PATH}"
+fi
+
+detect_num_procs() {
+    local gpus=0
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    fi
+    if [[ "${gpus}" -gt 0 ]]; then echo "${gpus}"; else echo "${CPU_PROCS:-2}"; fi
+}
+
+free_port() {
+    python - <<'PY'
+import socket
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+PY
+}
+
+NUM_PROCS="${NUM_PROCS:-$(detect_num_procs)}"
+NUM_NODES="${NUM_NODES:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-$(free_port)}"
+# DeepSpeed builds its C++ ops once and caches them here.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-${HOME}/.cache/torch_extensions}"
+
+launch() {
+    torchrun --nnodes="${NUM_NODES}" --node_rank="${NODE_RANK}" --nproc_per_node="${NUM_PROCS}" \
+        --master_addr="${MASTER_ADDR}" --master_port="${MASTER_PORT}" "$@"
+}
+
+require_path() {  # require_path WHAT PATH: report a missing input and return non-zero
+    if [[ ! -e "$2" ]]; then
+        echo "error: $1 not found: $2" >&2
+        return 1
+    fi
+}
