@@ -1,0 +1,34 @@
+"""Shared pytest fixtures (keep each one small and documented)."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real example lives outside the repo (../shared/data) and is never copied into it.
+SHARED_SAMPLE_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "data-100samples.parquet"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_sample_path() -> Path:
+    """Path of the real 100-row example; skips the test when this checkout has no ../shared/data."""
+    if not SHARED_SAMPLE_PATH.is_file():
+        pytest.skip(f"real sample data not found at {SHARED_SAMPLE_PATH} (expected at ../shared/data)")
+    return SHARED_SAMPLE_PATH
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2 model + tokenizer built once per session (tokenizer trained on the shipped r1k.parquet)."""
+    from fwdrev.tiny_model import build_and_save
+
+    frame = pd.read_parquet(REPO_ROOT / "r1k.parquet", columns=["text", "worse-text"])
+    output_dir = tmp_path_factory.mktemp("tiny-qwen")
+    build_and_save(str(output_dir), list(frame["text"]) + list(frame["worse-text"]), seed=0)
+    return output_dir
