@@ -1,0 +1,339 @@
+"""Figure data (tidy series, summaries) and the two visualization scripts."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from fwdrev import figures  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_SCRIPT = ROOT / "visualization" / "plot_with_wider_middle.py"
+DYN_SCRIPT = ROOT / "visualization" / "visualize_training_dynamics.py"
+METRICS = ("logp_sum", "logp_mean", "logp_max", "logp_sum_first_k", "logp_mean_first_k", "logp_max_first_k")
+
+
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def analysis_table(stage, n_checkpoints, n_examples=4, shared_ids=False, seed=0):
+    """Long table: one row per (checkpoint, example); half forward ("original"), half reverse."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for epoch in range(1, n_checkpoints + 1):
+        checkpoint = str(epoch) if stage == "sft" else f"checkpoint-{10 * epoch}"
+        for i in range(n_examples):
+            sample_type = "original" if i < n_examples // 2 else "flipped"
+            example_id = i % (n_examples // 2) if shared_ids else i
+            row = {"checkpoint": checkpoint, "stage": stage, "epoch": epoch, "step": 10 * epoch if stage == "dpo" else None,
+                   "example_id": example_id, "sample_type": sample_type}
+            for metric in METRICS:
+                chosen = -1.0 + 0.1 * epoch + rng.normal(0, 0.05)
+                rejected = -1.2 + (0.05 if sample_type == "flipped" else -0.05) * epoch + rng.normal(0, 0.05)
+                row[f"chosen_{metric}"], row[f"rejected_{metric}"] = chosen, rejected
+                row[f"delta_{metric}"] = chosen - rejected
+            for side in ("chosen", "rejected"):
+                row[f"{side}_num_tokens"] = row[f"{side}_num_tokens_first_k"] = 100
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_results_dir(root, dpo=True):
+    """RESULTS_DIR/<f|r|m>/<sft|dpo>/all.csv (+ parquet copy and a first50 subset for m/sft)."""
+    tables = {}
+    for k, train_set in enumerate(("f", "r", "m")):
+        stages = [("sft", 3)] + ([("dpo", 2)] if dpo and train_set == "m" else [])
+        for stage, n in stages:
+            table = analysis_table(stage, n, seed=k * 10 + n)
+            folder = Path(root) / train_set / stage
+            folder.mkdir(parents=True, exist_ok=True)
+            table.to_csv(folder / "all.csv", index=False)
+            tables[train_set, stage] = table
+    tables["m", "sft"].to_parquet(Path(root) / "m" / "sft" / "all.parquet")
+    tables["m", "sft"][tables["m", "sft"].example_id < 3].to_csv(Path(root) / "m" / "sft" / "first50.csv", index=False)
+    return tables
+
+
+def test_series_from_results_dir_matches_means_over_examples(tmp_path):
+    tables = make_results_dir(tmp_path)
+    series = figures.series_from_results_dir(tmp_path)
+    assert list(series.columns) == figures.TIDY_COLUMNS
+    assert set(series.stage[series.train_set == "m"]) == {"sft", "dpo"}
+    assert set(series.stage[series.train_set == "f"]) == {"sft"}
+    table = tables["m", "dpo"]
+    flipped = table[(table.sample_type == "flipped") & (table.epoch == 2)]
+    get = lambda test, name: series.query(  # noqa: E731
+        "train_set == 'm' and stage == 'dpo' and epoch == 2 and test_set == @test and series == @name")["value"].item()
+    assert get("r", "y+") == pytest.approx(flipped.chosen_logp_mean_first_k.mean())
+    assert get("r", "y-") == pytest.approx(flipped.rejected_logp_mean_first_k.mean())
+    assert get("m", "delta") == pytest.approx(table[table.epoch == 2].delta_logp_mean_first_k.mean())
+    # 3 train sets x 3 test sets x 3 series x 3 SFT epochs + m/dpo: 3 test sets x 3 series x 2
+    assert len(series) == 81 + 18
+
+
+def test_summary_table_preference_accuracy(tmp_path):
+    make_results_dir(tmp_path)
+    table = pd.read_csv(tmp_path / "f" / "sft" / "all.csv")
+    table.loc[table.epoch == 1, "delta_logp_mean_first_k"] = [0.5, -0.1, 0.2, np.nan]
+    table.to_csv(tmp_path / "f" / "sft" / "all.csv", index=False)
+    summary = figures.summary_table(tmp_path)
+    row = summary.query("train_set == 'f' and stage == 'sft' and epoch == 1")
+    assert row.set_index("test_set")["pref_acc"].to_dict() == pytest.approx({"f": 0.5, "r": 1.0, "m": 2 / 3})
+    assert row.set_index("test_set")["n_examples"].to_dict() == {"f": 2, "r": 2, "m": 4}
+    assert row.set_index("test_set").loc["m", "checkpoint"] == "1"
+    first50 = figures.summary_table(tmp_path, subset="first50")
+    assert set(first50.train_set) == {"m"} and first50.n_examples.max() == 3
+
+
+def test_complete_deltas_fills_only_missing_points():
+    series = pd.DataFrame({
+        "train_set": ["m"] * 5, "test_set": ["m"] * 5, "stage": ["dpo"] * 5, "epoch": [1, 1, 1, 2, 2],
+        "series": ["y+", "y-", "delta", "y+", "y-"], "value": [-0.3, -0.4, 0.123, -0.2, -0.5]})
+    done = figures.complete_deltas(figures.validate_series(series))
+    deltas = done[done.series == "delta"].set_index("epoch")["value"]
+    assert deltas.to_dict() == pytest.approx({1: 0.123, 2: 0.3})
+
+
+def test_validate_series_rejects_unknown_codes():
+    bad = pd.DataFrame({"train_set": ["x"], "test_set": ["f"], "stage": ["sft"], "epoch": [1], "series": ["y+"], "value": [0.0]})
+    with pytest.raises(ValueError, match="train_set"):
+        figures.validate_series(bad)
+    with pytest.raises(ValueError, match="lacks columns"):
+        figures.validate_series(bad.drop(columns="value"))
+
+
+def _line_values(ax):
+    """{gid: (x, y)} for the data lines of an Axes."""
+    return {ln.get_gid(): (np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float))
+            for ln in ax.lines if ln.get_gid() and ln.get_gid().count(":") == 2}
+
+
+def test_paper_figure_plots_the_published_values():
+    csv = pd.read_csv(ROOT / "visualization" / "paper_figure_values.csv")
+    assert csv.equals(pd.read_csv(figures.PAPER_CSV))
+    with figures.paper_style():
+        result = figures.plot_paper_figure(figures.load_paper_values())
+    ax_a, ax_b, ax_c = result.axes
+    n_sft = 6
+    expected = {  # axes -> pairs / series drawn there
+        ax_a: [(p, "sft", s) for p in ("ff", "rr") for s in ("y+", "y-")],
+        ax_b: [("mm", st, s) for st in ("sft", "dpo") for s in ("y+", "y-")],
+        ax_c: [(p, "sft", "delta") for p in ("ff", "rr", "fr", "rf", "mm")] + [("mm", "dpo", "delta")],
+    }
+    for ax, keys in expected.items():
+        lines = _line_values(ax)
+        assert set(lines) == {f"{p}:{st}:{s}" for p, st, s in keys}
+        for pair, stage, name in keys:
+            rows = csv[(csv.train_set == pair[0]) & (csv.test_set == pair[1]) & (csv.stage == stage) & (csv.series == name)]
+            x, y = lines[f"{pair}:{stage}:{name}"]
+            offset = n_sft if stage == "dpo" and ax is not ax_a else 0
+            published = dict(zip(rows.epoch + offset, rows.value))
+            plotted = dict(zip(x, y))
+            for pos, value in published.items():
+                assert plotted[pos] == pytest.approx(value), (pair, stage, name, pos)
+    # The DPO delta of checkpoint 7 is not published: derived as y+ - y-.
+    x, y = _line_values(ax_c)["mm:dpo:delta"]
+    assert dict(zip(x, y))[13] == pytest.approx(-0.343 - -0.436)
+    assert result.settings["focus"] == pytest.approx((0.05, 0.1))
+    assert result.settings["ylim_c"] == pytest.approx((-1.5, 1.5))
+    assert ax_c.get_yscale() == "wider_middle"
+    assert [ln.get_gid() for ln in ax_b.lines].count("sft-dpo-divider") == 1
+    plt.close(result.fig)
+
+
+def test_paper_figure_layout_has_no_overlaps():
+    with figures.paper_style():
+        result = figures.plot_paper_figure(figures.load_paper_values())
+        fig = result.fig
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        main = [ax.get_window_extent() for ax in result.axes]
+        for ax in result.axes:
+            for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+                boxes = [t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()]
+                for i, box in enumerate(boxes):
+                    assert not any(box.overlaps(other) for other in boxes[i + 1:]), ax.get_title()
+        legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+        assert len(legends) == 3
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            assert not any(box.overlaps(m) for m in main)
+            assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    plt.close(fig)
+
+
+def _check_outputs(stem):
+    png, pdf, svg, tex = (Path(f"{stem}.{ext}") for ext in ("png", "pdf", "svg", "tex"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 10_000
+    assert ET.parse(svg).getroot().tag.endswith("svg") and svg.stat().st_size > 20_000
+    text = tex.read_text()
+    assert text.startswith(r"\begin{figure*}") and text.rstrip().endswith(r"\end{figure*}")
+    assert rf"\includegraphics[width=\textwidth]{{{Path(stem).name}.pdf}}" in text
+    assert r"\caption{" in text and r"\label{fig:wider_middle}" in text
+
+
+def _run(script, *args, cwd=None):
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT)
+
+
+def test_paper_cli_writes_png_pdf_svg_and_tex(tmp_path):
+    stem = tmp_path / "nested" / "dir" / "wider_middle"
+    proc = _run(PAPER_SCRIPT, "--paper", "--output_stem", stem)
+    assert proc.returncode == 0, proc.stderr
+    _check_outputs(stem)
+    assert str(stem) + ".png" in proc.stdout
+
+
+def test_results_dir_cli_renders_and_reports_missing_dpo(tmp_path):
+    make_results_dir(tmp_path / "res", dpo=False)
+    proc = _run(PAPER_SCRIPT, "--results_dir", tmp_path / "res", "--output_stem", tmp_path / "fig",
+                "--share", "0.3", "--dpi", "150")
+    assert proc.returncode == 0, proc.stderr
+    _check_outputs(tmp_path / "fig")
+    assert "skipped mm dpo y+" in proc.stdout and "skipped mm dpo delta" in proc.stdout
+
+
+def test_paper_figure_without_dpo_has_no_divider_and_uses_given_options():
+    series = figures.load_paper_values().query("stage == 'sft'")
+    result = figures.plot_paper_figure(series, focus=(0.0, 0.2), share=0.4, ylim_c=(-2, 2), colors={"ff": "#000000"})
+    ax_a, ax_b, ax_c = result.axes
+    assert not any(ln.get_gid() == "sft-dpo-divider" for ln in ax_b.lines)
+    assert result.settings["focus"] == (0.0, 0.2) and ax_c.get_ylim() == pytest.approx((-2, 2))
+    assert matplotlib.colors.to_hex(_line_color(ax_a, "ff:sft:y+")) == "#000000"
+    assert any("skipped mm dpo" in note for note in result.notes)
+    plt.close(result.fig)
+
+
+def _line_color(ax, gid):
+    return next(ln.get_color() for ln in ax.lines if ln.get_gid() == gid)
+
+
+def test_series_csv_cli_computes_missing_delta(tmp_path):
+    rows = figures.load_paper_values().query("series != 'delta'")
+    rows.to_csv(tmp_path / "series.csv", index=False)
+    proc = _run(PAPER_SCRIPT, "--series_csv", tmp_path / "series.csv", "--output_stem", tmp_path / "s",
+                "--colors", "mm=#123456", "--markers", "y+=D", "--dpi", "150")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "s.png").stat().st_size > 50_000
+
+
+def test_cli_rejects_bad_input(tmp_path):
+    assert _run(PAPER_SCRIPT).returncode == 2  # no input
+    assert _run(PAPER_SCRIPT, "--paper", "--results_dir", tmp_path).returncode == 2  # two inputs
+    proc = _run(PAPER_SCRIPT, "--paper", "--colors", "mm", "--output_stem", tmp_path / "x")
+    assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr
+    if shutil.which("latex") is None:
+        proc = _run(PAPER_SCRIPT, "--paper", "--usetex", "--output_stem", tmp_path / "x")
+        assert proc.returncode == 2 and "LaTeX" in proc.stderr
+
+
+# ---------------------------------------------------------------- training dynamics
+def test_find_analysis_tables_dedupes_and_skips_other_csvs(tmp_path):
+    make_results_dir(tmp_path)
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "notes.csv", index=False)
+    found = [p.relative_to(tmp_path).as_posix() for p in figures.find_analysis_tables(tmp_path)]
+    assert found == ["f/sft/all.csv", "m/dpo/all.csv", "m/sft/all.parquet", "m/sft/first50.csv", "r/sft/all.csv"]
+
+
+def test_heatmap_has_one_row_per_example_and_one_column_per_checkpoint():
+    dyn = _load_script(DYN_SCRIPT)
+    table = analysis_table("dpo", 12, n_examples=6)
+    table["checkpoint"] = table["checkpoint"].astype(str)
+    fig = dyn.plot_table(table.sample(frac=1, random_state=0), "m/dpo/all.csv")  # row order must not matter
+    image = next(a for a in fig.axes if a.images).images[0]
+    assert image.get_array().shape == (6, 12)
+    expected = figures.example_matrix(table, "delta_logp_mean")
+    assert list(expected.columns) == [f"checkpoint-{10 * i}" for i in range(1, 13)]
+    assert np.allclose(image.get_array(), expected.to_numpy())
+    assert image.norm.vcenter == 0
+    assert fig._suptitle.get_text() == "m/dpo/all.csv"
+    plt.close(fig)
+
+
+def test_heatmap_keeps_forward_and_reverse_rows_apart_when_ids_repeat():
+    table = analysis_table("sft", 3, n_examples=6, shared_ids=True)
+    matrix = figures.example_matrix(table)
+    assert matrix.shape == (6, 3) and matrix.index.names == ["sample_type", "example_id"]
+
+
+def test_curves_show_means_over_examples():
+    dyn = _load_script(DYN_SCRIPT)
+    table = analysis_table("sft", 3, n_examples=4)
+    fig = dyn.plot_table(table, "t")
+    ax = fig.axes[0]
+    line = next(ln for ln in ax.lines if ln.get_label() == "$y^+$ all")
+    assert np.allclose(line.get_ydata(), table.groupby("epoch").chosen_logp_mean.mean().to_numpy())
+    assert len(ax.lines) == 6  # y+, y- for all rows, T_f and T_r
+    plt.close(fig)
+
+
+def make_dynamics(path):
+    rows = []
+    for step in (0, 5, 10):
+        for split in ("train", "eval"):
+            for i, sample_type in enumerate(["original", "original", "flipped"]):
+                chosen, rejected = -1 + 0.01 * step + 0.1 * i, -1.2 - 0.01 * step
+                rows.append({"step": step, "split": split, "example_id": i, "sample_type": sample_type,
+                             "chosen_logp_mean": chosen, "rejected_logp_mean": rejected,
+                             "delta_logp_mean": chosen - rejected, "chosen_logp_sum": 100 * chosen,
+                             "rejected_logp_sum": 100 * rejected})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_dynamics_plot_means_per_step_split_and_type(tmp_path):
+    dyn = _load_script(DYN_SCRIPT)
+    make_dynamics(tmp_path / "dynamics.csv")
+    fig = dyn.plot_dynamics(pd.read_csv(tmp_path / "dynamics.csv"), "dynamics.csv")
+    train_top = fig.axes[0]
+    assert train_top.get_title() == "train" and fig.axes[1].get_title() == "eval"
+    original = next(ln for ln in train_top.lines if ln.get_label() == "$y^+$ original")
+    assert np.allclose(original.get_xdata(), [0, 5, 10])
+    assert np.allclose(original.get_ydata(), [-1 + 0.05, -1 + 0.05 + 0.05, -1 + 0.1 + 0.05])
+    plt.close(fig)
+
+
+def test_visualize_cli_writes_a_figure_per_table_and_dynamics(tmp_path):
+    make_results_dir(tmp_path / "res")
+    make_dynamics(tmp_path / "res" / "m" / "dpo" / "dynamics.csv")
+    proc = _run(DYN_SCRIPT, "--results_dir", tmp_path / "res", "--output_dir", tmp_path / "out", "--dpi", "60")
+    assert proc.returncode == 0, proc.stderr
+    stems = ["f__sft__all", "r__sft__all", "m__sft__all", "m__sft__first50", "m__dpo__all", "m__dpo__dynamics"]
+    for stem in stems:
+        png, pdf = tmp_path / "out" / f"{stem}.png", tmp_path / "out" / f"{stem}.pdf"
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000, stem
+        assert pdf.read_bytes()[:5] == b"%PDF-"
+        assert str(png) in proc.stdout
+    assert len(list((tmp_path / "out").iterdir())) == 2 * len(stems)
+
+
+def test_visualize_cli_fails_clearly_on_an_empty_folder(tmp_path):
+    proc = _run(DYN_SCRIPT, "--results_dir", tmp_path)
+    assert proc.returncode == 1 and "no analysis tables" in proc.stderr
+
+
+def test_table_without_delta_or_peak_columns_still_plots():
+    dyn = _load_script(DYN_SCRIPT)
+    table = analysis_table("sft", 3, n_examples=4)
+    table = table.drop(columns=[c for c in table if c.startswith("delta_") or c.endswith("logp_max")])
+    fig = dyn.plot_table(table, "t")
+    image = next(a for a in fig.axes if a.images).images[0]
+    expected = table.chosen_logp_mean - table.rejected_logp_mean
+    assert np.isclose(np.nanmean(image.get_array()), expected.mean())
+    assert any("no chosen_logp_max" in t.get_text() for t in fig.axes[1].texts)
+    plt.close(fig)

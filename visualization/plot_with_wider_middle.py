@@ -1,0 +1,113 @@
+"""Three-panel paper figure: SFT log-probs, the mixed SFT->DPO run, gaps on a wider-middle scale.
+
+Examples (from the repository root):
+
+    python visualization/plot_with_wider_middle.py --paper
+    python visualization/plot_with_wider_middle.py --results_dir outputs/analysis \
+        --output_stem outputs/figures/ours
+    python visualization/plot_with_wider_middle.py --series_csv my_series.csv --focus 0.05 0.1 --share 0.3
+
+Writes <stem>.png (400 dpi), <stem>.pdf, <stem>.svg and <stem>.tex (a figure* snippet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fwdrev import figures  # noqa: E402
+
+CAPTION = (
+    r"Mean per-token log-probability (first 1k tokens) of the preferred forward trace $y^+$ and "
+    r"the reverse trace $y^-$. (a) SFT on forward ($\mathcal{D}_f$) or reverse ($\mathcal{D}_r$) data, "
+    r"tested in-domain. (b) Mixed data $\mathcal{D}_m$ through SFT (solid) and DPO (dashed); the shaded "
+    r"band marks where $y^+$ and $y^-$ separate. (c) Gap $\Delta = y^+ - y^-$ on a scale that widens "
+    r"the shaded band."
+)
+
+
+def _pair(text: str, what: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"{what} must look like KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--paper", action="store_true",
+                     help="published values (visualization/paper_figure_values.csv)")
+    src.add_argument("--series_csv", help="tidy CSV: train_set,test_set,stage,epoch,series,value")
+    src.add_argument("--results_dir", help="analysis outputs: DIR/<f|r|m>/<sft|dpo>/<subset>.csv|parquet")
+    p.add_argument("--subset", default="all", help="table name under --results_dir (all, first50, last50)")
+    p.add_argument("--metric", default="logp_mean_first_k", help="analysis column suffix for y+/y-/delta")
+    p.add_argument("--focus", nargs=2, type=float, metavar=("A", "B"), help="focus interval of panel (c)")
+    p.add_argument("--share", type=float, default=0.25, help="share of panel (c)'s axis given to the focus")
+    p.add_argument("--ylim_a", nargs=2, type=float, metavar=("LO", "HI"))
+    p.add_argument("--ylim_b", nargs=2, type=float, metavar=("LO", "HI"))
+    p.add_argument("--ylim_c", nargs=2, type=float, metavar=("VMIN", "VMAX"),
+                   help="ends of the wider-middle scale")
+    p.add_argument("--key_band", nargs=2, type=float, metavar=("LO", "HI"), help="shaded band of panel (b)")
+    p.add_argument("--figsize", nargs=2, type=float, default=(7.2, 2.9), metavar=("W", "H"), help="inches")
+    p.add_argument("--colors", nargs="*", default=[], metavar="PAIR=COLOR",
+                   help="e.g. ff=#1f5fa8 mm=C1 (pairs: ff rr fr rf mm = train+test set)")
+    p.add_argument("--markers", nargs="*", default=[], metavar="SERIES=MARKER", help="e.g. y+=o y-=v delta=s")
+    p.add_argument("--output_stem", default="outputs/figures/wider_middle")
+    p.add_argument("--dpi", type=int, default=400)
+    p.add_argument("--usetex", action="store_true", help="render text with a LaTeX install")
+    p.add_argument("--label", default="fig:wider_middle", help=r"\label of the .tex snippet")
+    args = p.parse_args(argv)
+    try:
+        args.colors = dict(_pair(t, "--colors") for t in args.colors)
+        args.markers = dict(_pair(t, "--markers") for t in args.markers)
+    except argparse.ArgumentTypeError as err:
+        p.error(str(err))
+    if args.usetex and not (shutil.which("latex") and shutil.which("dvipng")):
+        p.error("--usetex needs a LaTeX install: 'latex' and 'dvipng' must be on PATH "
+                "(drop --usetex to use matplotlib's mathtext)")
+    return args
+
+
+def load_series(args):
+    if args.paper:
+        print(f"values: {figures.PAPER_CSV} ({figures.PAPER_CITATION})")
+        return figures.load_paper_values()
+    if args.series_csv:
+        return figures.read_series_csv(args.series_csv)
+    return figures.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset)
+
+
+def main(argv=None) -> list:
+    args = parse_args(argv)
+    series = load_series(args)
+    if series.empty:
+        sys.exit("no values to plot (check the input and --subset)")
+    with figures.paper_style(usetex=args.usetex):
+        try:
+            result = figures.plot_paper_figure(
+                series, focus=args.focus, share=args.share, ylim_a=args.ylim_a, ylim_b=args.ylim_b,
+                ylim_c=args.ylim_c, key_band=args.key_band, figsize=tuple(args.figsize),
+                colors=args.colors, markers=args.markers,
+            )
+        except ValueError as err:  # e.g. a focus outside --ylim_c, an unknown colour
+            sys.exit(f"error: {err}")
+        paths = figures.save_figure(result.fig, args.output_stem, dpi=args.dpi)
+    plt.close(result.fig)
+    caption = CAPTION + (r" Values published by Deng et al.\ (arXiv:2509.13079)." if args.paper else "")
+    paths.append(figures.write_tex_snippet(args.output_stem, caption, args.label))
+    for note in result.notes:
+        print(f"note: {note}")
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Training-dynamics figures for every analysis table (and in-training probe file) in a folder.
+
+    python visualization/visualize_training_dynamics.py --results_dir outputs/analysis [--output_dir DIR]
+
+For each long analysis table found recursively (one row per checkpoint and example; e.g.
+``m/dpo/all.csv``, ``first50.csv``, ``last50.parquet``): mean log-prob of y+ and y- over
+checkpoints (average = ``*_logp_mean``, peak = ``*_logp_max``), the deltas, and an
+example-by-checkpoint heatmap of ``delta_logp_mean``. For each ``dynamics.csv``: curves
+against training step per split and sample type. Writes PNG + PDF and prints the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import CenteredNorm  # noqa: E402
+
+from fwdrev import figures  # noqa: E402
+
+SIDE_COLORS = {"chosen": "#1f5fa8", "rejected": "#c0392b"}
+SIDE_LABELS = {"chosen": "$y^+$", "rejected": "$y^-$"}
+# sample_type -> (linestyle, legend suffix); "all" rows are drawn solid.
+GROUP_STYLE = {"all": ("-", "all"), "original": ("--", r"$\mathcal{T}_f$"),
+               "flipped": (":", r"$\mathcal{T}_r$")}
+TYPE_NAMES = {"original": r"forward ($\mathcal{T}_f$)", "flipped": r"reverse ($\mathcal{T}_r$)"}
+TYPE_COLORS = {"original": "#1f5fa8", "flipped": "#c0392b", "all": "0.25"}
+
+
+def _short(checkpoint: str) -> str:
+    """'checkpoint-120' -> '120' so long DPO names fit under the axis."""
+    return str(checkpoint).replace("checkpoint-", "")
+
+
+def _checkpoint_axis(ax, checkpoints, stage):
+    ax.set_xticks(range(len(checkpoints)))
+    ax.set_xticklabels([_short(c) for c in checkpoints], rotation=45 if len(checkpoints) > 8 else 0)
+    step = int(np.ceil(len(checkpoints) / 12))  # at most ~12 labels
+    for i, label in enumerate(ax.get_xticklabels()):
+        label.set_visible(i % step == 0)
+    ax.set_xlabel({"sft": "SFT epoch", "dpo": "DPO checkpoint (step)"}.get(stage, "checkpoint"))
+
+
+def _groups(table):
+    """("all", rows) and, when both question types are present, one group per type."""
+    yield "all", table
+    if "sample_type" in table and table["sample_type"].nunique() > 1:
+        order = {"original": 0, "flipped": 1}  # forward before reverse
+        for name in sorted(table["sample_type"].dropna().unique(), key=lambda t: (order.get(t, 2), t)):
+            yield str(name), table[table["sample_type"] == name]
+
+
+def _curves(ax, table, order, stat: str, sides):
+    """Mean over examples of ``<side>_logp_<stat>`` per checkpoint, per group."""
+    cols = [f"{side}_logp_{stat}" for side in sides]
+    if not set(cols) <= set(table.columns):
+        ax.text(0.5, 0.5, f"no {', '.join(cols)}", transform=ax.transAxes, ha="center", color="0.4")
+        return
+    for group, part in _groups(table):
+        means = figures.checkpoint_means(part, cols).reindex(order)
+        style, suffix = GROUP_STYLE.get(group, ("-.", group))
+        for side, col in zip(sides, cols):
+            color = SIDE_COLORS.get(side, "0.2")
+            label = rf"$\Delta$ {suffix}" if side == "delta" else f"{SIDE_LABELS[side]} {suffix}"
+            ax.plot(range(len(order)), means[col].to_numpy(), linestyle=style, marker="o", markersize=2.5,
+                    color=color, label=label)
+    if "delta" in sides:
+        ax.axhline(0, color="0.6", linewidth=0.6)
+
+
+def plot_table(table, title: str):
+    """2x2 curves (average / peak log-probs, average / peak deltas) plus a delta heatmap."""
+    for stat in ("mean", "max"):  # deltas may be left out of a table: derive them
+        if f"delta_logp_{stat}" not in table and f"chosen_logp_{stat}" in table:
+            delta = table[f"chosen_logp_{stat}"] - table[f"rejected_logp_{stat}"]
+            table = table.assign(**{f"delta_logp_{stat}": delta})
+    order = figures.ordered_checkpoints(table)
+    stages = table["stage"].dropna().unique() if "stage" in table else []
+    stage = stages[0] if len(stages) == 1 else None
+    fig = plt.figure(figsize=(11, 6.2), layout="constrained")
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 0.9])
+    panels = [
+        (grid[0, 0], "mean", ("chosen", "rejected"), "average log-prob (per token)"),
+        (grid[0, 1], "max", ("chosen", "rejected"), "peak log-prob (max over tokens)"),
+        (grid[1, 0], "mean", ("delta",), r"$\Delta$ average = $y^+ - y^-$"),
+        (grid[1, 1], "max", ("delta",), r"$\Delta$ peak"),
+    ]
+    for cell, stat, sides, ylabel in panels:
+        ax = fig.add_subplot(cell)
+        _curves(ax, table, order, stat, sides)
+        _checkpoint_axis(ax, order, stage)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, color="0.9", linewidth=0.5)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 3 else 1)
+
+    ax = fig.add_subplot(grid[:, 2])
+    matrix = figures.example_matrix(table, "delta_logp_mean")
+    image = ax.imshow(matrix.to_numpy(dtype=float), aspect="auto", interpolation="nearest",
+                      cmap=plt.get_cmap("RdBu").with_extremes(bad="0.8"), norm=CenteredNorm(vcenter=0.0))
+    fig.colorbar(image, ax=ax, label=r"$\Delta$ average per example", shrink=0.9)
+    _checkpoint_axis(ax, order, stage)
+    ax.set_ylabel(f"example ({matrix.shape[0]} rows)")
+    if matrix.index.nlevels == 2:  # one labelled block per question type, split by a line
+        types = matrix.index.get_level_values(0)
+        starts = [i for i in range(len(types)) if i == 0 or types[i] != types[i - 1]] + [len(types)]
+        ax.set_yticks([(a + b - 1) / 2 for a, b in zip(starts, starts[1:])])
+        ax.set_yticklabels([TYPE_NAMES.get(types[a], types[a]) for a in starts[:-1]],
+                           rotation=90, va="center")
+        for edge in starts[1:-1]:
+            ax.axhline(edge - 0.5, color="black", linewidth=0.8)
+    elif matrix.shape[0] <= 40:
+        ax.set_yticks(range(matrix.shape[0]))
+        ax.set_yticklabels([str(i) for i in matrix.index], fontsize=5)
+    else:
+        ax.set_yticks([])
+    ax.set_title("examples x checkpoints")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_dynamics(dynamics, title: str):
+    """In-training probes: mean y+/y- and delta against step, one column per split."""
+    means = figures.dynamics_means(dynamics)
+    present = set(means["split"])
+    splits = [s for s in ("train", "eval") if s in present] + sorted(present - {"train", "eval"})
+    fig, axes = plt.subplots(2, len(splits), figsize=(4.2 * len(splits), 5.6), squeeze=False,
+                             layout="constrained")
+    for j, split in enumerate(splits):
+        part = means[means["split"] == split]
+        top, bottom = axes[0, j], axes[1, j]
+        for sample_type, rows in part.groupby("sample_type"):
+            color = TYPE_COLORS.get(sample_type, "0.3")
+            top.plot(rows["step"], rows["chosen_logp_mean"], color=color, label=f"$y^+$ {sample_type}")
+            top.plot(rows["step"], rows["rejected_logp_mean"], color=color, linestyle="--",
+                     label=f"$y^-$ {sample_type}")
+            bottom.plot(rows["step"], rows["delta_logp_mean"], color=color, label=sample_type)
+        bottom.axhline(0, color="0.6", linewidth=0.6)
+        top.set_title(f"{split}")
+        top.set_ylabel("mean log-prob (per token)")
+        bottom.set_ylabel(r"$\Delta = y^+ - y^-$")
+        bottom.set_xlabel("training step")
+        for ax in (top, bottom):
+            ax.grid(True, color="0.9", linewidth=0.5)
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def _stem(relative: Path) -> str:
+    return "__".join(relative.with_suffix("").parts)
+
+
+def main(argv=None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results_dir", required=True)
+    p.add_argument("--output_dir", help="default: RESULTS_DIR/figures")
+    p.add_argument("--dpi", type=int, default=200)
+    args = p.parse_args(argv)
+    root = Path(args.results_dir)
+    if not root.is_dir():
+        p.error(f"--results_dir {root} is not a folder")
+    out = Path(args.output_dir) if args.output_dir else root / "figures"
+
+    jobs = [(path, plot_table) for path in figures.find_analysis_tables(root)]
+    jobs += [(path, plot_dynamics) for path in figures.find_dynamics_files(root)]
+    if not jobs:
+        sys.exit(f"no analysis tables or dynamics.csv under {root}")
+    written = []
+    with figures.paper_style():
+        for path, plot in jobs:
+            relative = path.relative_to(root)
+            fig = plot(figures.read_table(path), str(relative))
+            written += figures.save_figure(fig, out / _stem(relative), formats=("png", "pdf"), dpi=args.dpi)
+            plt.close(fig)
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
