@@ -49,7 +49,9 @@ def label_logprobs(hidden: torch.Tensor, lm_head, targets: torch.Tensor,
         h = flat_hidden[start : start + chunk_size]
         t = flat_targets[start : start + chunk_size]
         if use_checkpoint:
-            pieces.append(checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=False))
+            # Reentrant: backward re-runs the head as a module, so ZeRO-3 gathers its weight
+            # again; non-reentrant checkpointing would find the saved weight partitioned away.
+            pieces.append(checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=True))
         else:
             pieces.append(_label_logps_of_chunk(lm_head, h, t))
     flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
@@ -70,12 +72,15 @@ def unwrap_causal_lm(model):
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogprobs:
-    """Response log-probs of a causal LM: run the decoder, then the chunked head.
+    """Response log-probs of a causal LM, computed from its final hidden states.
 
     ``labels`` are the input ids with ``IGNORE_INDEX`` at prompt and padding positions; the
-    hidden state at position t scores the label at t + 1.
+    hidden state at position t scores the label at t + 1. The forward goes through ``model``
+    itself (a DeepSpeed engine runs its hooks) with ``logits_to_keep=1``, so the model computes
+    the logits of one position only; the last hidden state is the final-norm output.
     """
-    model = unwrap_causal_lm(model)
-    decoder = model.get_decoder()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return label_logprobs(hidden[:, :-1], model.get_output_embeddings(), labels[:, 1:], chunk_size)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
+                    output_hidden_states=True, use_cache=False)
+    hidden = outputs.hidden_states[-1]
+    lm_head = unwrap_causal_lm(model).get_output_embeddings()
+    return label_logprobs(hidden[:, :-1], lm_head, labels[:, 1:], chunk_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -120,3 +121,20 @@ def load_for_scoring(model_path: str, base_model: str | None = None,
         tokenizer_path = model_path
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
     return model.to(device).eval(), tokenizer
+
+
+@contextmanager
+def zero3_init_disabled():
+    """Load models normally even while a DeepSpeed ZeRO-3 config is registered.
+
+    The HF integration partitions every ``from_pretrained`` across ranks once a ZeRO-3 config
+    exists; a load on one rank only (merging, probes) would then wait forever for the others.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

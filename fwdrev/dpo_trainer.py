@@ -1,0 +1,222 @@
+"""LoRA-DPO on top of ``transformers.Trainer``: our loss, reference log-probs and metrics.
+
+Chosen and rejected sequences of a batch go through the model in one forward pass (the batch
+holds the B chosen then the B rejected). The reference model is the same network with the
+LoRA adapter disabled; by default its log-probs are computed once before the first update and
+cached in OUTPUT_DIR, so full fine-tuning needs no second model either.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments
+
+from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
+from fwdrev.io import write_json, write_table
+from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
+from fwdrev.tokenization import TokenizedPair, collate_pairs
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_CACHE = "reference_logps.parquet"
+REFERENCE_CACHE_KEY = "reference_logps.json"
+
+
+@dataclass
+class DPOArguments(TrainingArguments):
+    beta: float = field(default=0.1, metadata={"help": "DPO temperature beta."})
+    loss_type: str = field(default="sigmoid", metadata={"help": f"One of {LOSS_TYPES}."})
+    sft_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the chosen-response NLL added to the loss (RPO); 0 = off."})
+    precompute_ref_log_probs: bool = field(
+        default=True, metadata={"help": "Compute reference log-probs once before training and cache them."})
+    logprob_chunk_size: int = field(
+        default=DEFAULT_CHUNK_SIZE, metadata={"help": "Tokens per chunk of the output head (memory bound)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"--loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+
+
+class PairDataset(torch.utils.data.Dataset):
+    def __init__(self, pairs: list[TokenizedPair]):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        return self.pairs[index]
+
+
+class PairCollator:
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, pairs: list[TokenizedPair]) -> dict[str, torch.Tensor]:
+        return collate_pairs(pairs, self.pad_token_id)
+
+
+class DPOTrainer(Trainer):
+    """``Trainer`` with the DPO loss; ``reference_key`` identifies the cached reference log-probs."""
+
+    def __init__(self, *args, reference_key: dict | None = None, use_lora: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_is_scaled_for_ga = False  # our loss is a batch mean: let Trainer divide by GA steps
+        self.reference_key = reference_key or {}
+        self.use_lora = use_lora
+        self.reference_logps: pd.DataFrame | None = None  # indexed by example_id
+        self._stored_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        if not self.args.precompute_ref_log_probs and not use_lora:
+            raise ValueError("full fine-tuning (--no_use_lora) needs --precompute_ref_log_probs: the "
+                             "reference log-probs come from the initial policy before its first update")
+
+    # ---- reference log-probs -------------------------------------------------------------
+    def _all_pairs(self) -> list[TokenizedPair]:
+        pairs = list(self.train_dataset.pairs)
+        if self.eval_dataset is not None:
+            pairs += list(self.eval_dataset.pairs)
+        return pairs
+
+    def _reference_context(self, model):
+        """Adapter disabled = the base model; with full fine-tuning, the untouched initial policy."""
+        unwrapped = unwrap_causal_lm(model)
+        return unwrapped.disable_adapter() if self.use_lora else nullcontext()
+
+    def ensure_reference_logps(self, model) -> None:
+        """Load the cached reference log-probs or compute them (every rank takes part)."""
+        if self.reference_logps is not None or not self.args.precompute_ref_log_probs:
+            return
+        cache = Path(self.args.output_dir) / REFERENCE_CACHE
+        key_file = Path(self.args.output_dir) / REFERENCE_CACHE_KEY
+        wanted_ids = {p.example_id for p in self._all_pairs()}
+        if cache.is_file() and key_file.is_file():
+            import json
+
+            cached = pd.read_parquet(cache).set_index("example_id")
+            if json.loads(key_file.read_text()) == self.reference_key and wanted_ids <= set(cached.index):
+                logger.info("reference log-probs loaded from %s", cache)
+                self.reference_logps = cached
+                return
+        if self.state.global_step > 0 and not self.use_lora:
+            raise RuntimeError(f"{cache} is missing or stale, and the initial policy of this full "
+                               "fine-tuning run is gone: cannot resume")
+        frame = self._compute_reference_logps(model)
+        if self.args.process_index == 0:
+            write_table(frame.reset_index(), cache)
+            write_json(key_file, self.reference_key)
+        self.accelerator.wait_for_everyone()
+        self.reference_logps = frame
+
+    @torch.no_grad()
+    def _compute_reference_logps(self, model) -> pd.DataFrame:
+        pairs = self._all_pairs()
+        rank, world = self.args.process_index, self.args.world_size
+        # Every rank runs the same number of forward passes (ZeRO-3 gathers weights collectively),
+        # so shorter shards repeat their last pair.
+        per_rank = -(-len(pairs) // world)
+        shard = pairs[rank::world]
+        shard = shard + [shard[-1]] * (per_rank - len(shard))
+        batch_size = self.args.per_device_eval_batch_size
+        collator = PairCollator(self.processing_class.pad_token_id)
+        rows = []
+        was_training = model.training
+        model.eval()
+        with self._reference_context(model):
+            for start in tqdm(range(0, per_rank, batch_size), desc="reference log-probs",
+                              disable=rank != 0):
+                batch = collator(shard[start : start + batch_size])
+                out = self._sequence_logprobs(model, batch)
+                n = len(batch["example_ids"])
+                for i, example_id in enumerate(batch["example_ids"].tolist()):
+                    rows.append((example_id, out.sum[i].item(), out.sum[n + i].item(),
+                                 out.mean[i].item(), out.mean[n + i].item()))
+        model.train(was_training)
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        columns = ["example_id", "chosen_logp_sum", "rejected_logp_sum",
+                   "chosen_logp_mean", "rejected_logp_mean"]
+        frame = pd.DataFrame(rows, columns=columns).drop_duplicates("example_id")
+        return frame.set_index("example_id").sort_index()
+
+    def _reference_for_batch(self, model, batch, averaged: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference_logps is not None:
+            stat = "mean" if averaged else "sum"
+            ref = self.reference_logps.loc[batch["example_ids"].tolist()]
+            device = batch["input_ids"].device
+            return (torch.tensor(ref[f"chosen_logp_{stat}"].to_numpy(), device=device),
+                    torch.tensor(ref[f"rejected_logp_{stat}"].to_numpy(), device=device))
+        with torch.no_grad(), self._reference_context(model):
+            out = self._sequence_logprobs(model, batch)
+        values = out.mean if averaged else out.sum
+        n = len(batch["example_ids"])
+        return values[:n], values[n:]
+
+    # ---- loss and metrics ------------------------------------------------------------------
+    def _sequence_logprobs(self, model, batch):
+        batch = self._prepare_inputs(batch)
+        return sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                 self.args.logprob_chunk_size)
+
+    def dpo_batch_loss(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        averaged = self.args.loss_type == "ipo"  # IPO is defined on length-averaged log-probs
+        ref_chosen, ref_rejected = self._reference_for_batch(model, batch, averaged)
+        out = self._sequence_logprobs(model, batch)
+        n = len(batch["example_ids"])
+        policy = out.mean if averaged else out.sum
+        result = dpo_loss(policy[:n], policy[n:], ref_chosen, ref_rejected, self.args.beta,
+                          self.args.loss_type)
+        loss = result.losses.mean()
+        metrics = {
+            "rewards/chosen": result.chosen_rewards,
+            "rewards/rejected": result.rejected_rewards,
+            "rewards/accuracies": (result.chosen_rewards > result.rejected_rewards).float(),
+            "rewards/margins": result.chosen_rewards - result.rejected_rewards,
+            "logps/chosen": out.sum[:n].detach(),
+            "logps/rejected": out.sum[n:].detach(),
+            "logps/chosen_mean_per_token": out.mean[:n].detach(),
+            "logps/rejected_mean_per_token": out.mean[n:].detach(),
+        }
+        if self.args.sft_weight > 0:
+            nll = -out.mean[:n].mean()  # mean per-token NLL of the chosen responses (RPO)
+            loss = loss + self.args.sft_weight * nll
+            metrics["nll/chosen"] = nll.detach().reshape(1)
+        return loss, metrics
+
+    def _store_metrics(self, metrics: dict[str, torch.Tensor], split: str) -> None:
+        for name, values in metrics.items():
+            gathered = self.accelerator.gather_for_metrics(values.float().reshape(-1))
+            self._stored_metrics[split][name].append(gathered.mean().item())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.ensure_reference_logps(model)
+        loss, metrics = self.dpo_batch_loss(model, inputs)
+        self._store_metrics(metrics, "train")
+        return (loss, metrics) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        self.ensure_reference_logps(model)
+        with torch.no_grad():
+            loss, metrics = self.dpo_batch_loss(model, inputs)
+        self._store_metrics(metrics, "eval")
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "train" if "loss" in logs else "eval"
+        prefix = "eval_" if split == "eval" else ""
+        for name, values in self._stored_metrics[split].items():
+            logs[prefix + name] = sum(values) / len(values)
+        self._stored_metrics[split].clear()
+        super().log(logs, start_time)
