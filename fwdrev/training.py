@@ -101,10 +101,11 @@ def load_policy(model_args: ModelArguments, training_args):
     attn = pick_attn_implementation(model_args.use_flash_attention)
     dtype = default_dtype(training_args.bf16, training_args.fp16)
     model = load_causal_lm(model_args.model_name, dtype, attn, model_args.trust_remote_code)
-    if training_args.gradient_checkpointing:
+    # --gradient_checkpointing is transformers 5's deprecated alias of --activation_checkpointing
+    if training_args.activation_checkpointing:
         model.config.use_cache = False
-        if training_args.gradient_checkpointing_kwargs is None:
-            training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        if training_args.activation_checkpointing_kwargs is None:
+            training_args.activation_checkpointing_kwargs = {"use_reentrant": False}
         # reentrant checkpointing only propagates gradients if the checkpointed inputs require them
         model.enable_input_require_grads()
     if model_args.init_adapter:

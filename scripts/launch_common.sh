@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared preamble of the shell launchers: `source scripts/launch_common.sh` after the user's
 # variables. Provides NUM_PROCS (GPUs found, else CPU processes), a free MASTER_PORT, the
-# project root on PYTHONPATH, and `launch SCRIPT ARGS...` = torchrun on this machine.
+# project root on PYTHONPATH, GPU_COUNT, and `launch SCRIPT ARGS...` = torchrun on this machine.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,12 +12,12 @@ if [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO_ROOT}/.venv/bin/python" ]]; then
     export PATH="${REPO_ROOT}/.venv/bin:${PATH}"
 fi
 
-detect_num_procs() {
-    local gpus=0
+count_gpus() {
     if command -v nvidia-smi >/dev/null 2>&1; then
-        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+    else
+        echo 0
     fi
-    if [[ "${gpus}" -gt 0 ]]; then echo "${gpus}"; else echo "${CPU_PROCS:-2}"; fi
 }
 
 free_port() {
@@ -29,7 +29,12 @@ with socket.socket() as s:
 PY
 }
 
-NUM_PROCS="${NUM_PROCS:-$(detect_num_procs)}"
+GPU_COUNT="$(count_gpus)"
+if [[ "${GPU_COUNT}" -gt 0 ]]; then
+    NUM_PROCS="${NUM_PROCS:-${GPU_COUNT}}"
+else
+    NUM_PROCS="${NUM_PROCS:-${CPU_PROCS:-2}}"
+fi
 NUM_NODES="${NUM_NODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"

@@ -32,3 +32,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("tiny-qwen")
     build_and_save(str(output_dir), list(frame["text"]) + list(frame["worse-text"]), seed=0)
     return output_dir
+
+
+def script_env(**extra) -> dict:
+    """Environment for running the project's scripts in a subprocess (CPU, shared op cache)."""
+    import os
+
+    env = dict(os.environ)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def free_port() -> int:
+    """A free TCP port for torchrun (its --master_port=0 does not work with static rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_command(procs: int) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
+            f"--master_port={free_port()}"]

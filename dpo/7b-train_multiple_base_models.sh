@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# LoRA-DPO for several base models in a row, one torchrun job each.
+#
+# Reference run (the study): Qwen2.5-7B-Instruct SFT checkpoints on 4 GPUs, ZeRO-3 with CPU
+# offload, lr 5e-7 cosine, 50 steps, batch 1 x grad-accum 4 per GPU, LoRA r=256 alpha=512,
+# sequences up to 20,000 tokens, bf16 + flash attention + gradient checkpointing.
+#
+# Edit the paths below (or: sed -i 's#./models/your_base_model#/data/qwen7b#' this file),
+# or override any of them from the environment:
+#   MODEL_PATHS="./models/a ./models/b" DATA_PATH=./data/x.parquet bash dpo/7b-train_multiple_base_models.sh
+
+# ---- what a user changes ------------------------------------------------------------------
+MODEL_PATHS="${MODEL_PATHS:-./models/your_base_model}"      # space-separated list
+MODEL_NAMES="${MODEL_NAMES:-}"                               # optional, same order; default: folder names
+DATA_PATH="${DATA_PATH:-./data/your_dataset.parquet}"
+OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
+SAMPLE_TYPES="${SAMPLE_TYPES:-}"                             # e.g. original,flipped (default: all rows)
+MAX_STEPS="${MAX_STEPS:-50}"
+LEARNING_RATE="${LEARNING_RATE:-5e-7}"
+WARMUP_STEPS="${WARMUP_STEPS:-20}"
+MAX_LENGTH="${MAX_LENGTH:-20000}"
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
+GRAD_ACCUM="${GRAD_ACCUM:-4}"
+LORA_R="${LORA_R:-256}"
+LORA_ALPHA="${LORA_ALPHA:-512}"
+BETA="${BETA:-0.1}"
+SAVE_STEPS="${SAVE_STEPS:-10}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"                                 # any further combined_dpo.py flags
+# -------------------------------------------------------------------------------------------
+
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
+cd "${REPO_ROOT}"
+
+if [[ "${GPU_COUNT}" -eq 0 ]]; then
+    # No GPU: fp32 and the CPU ZeRO-3 config (PyTorch AdamW, no offload, no C++ Adam build).
+    DS_CONFIG="${DS_CONFIG:-configs/ds_config_zero3_cpu.json}"
+    PRECISION_ARGS="${PRECISION_ARGS:-}"
+    echo "no GPU found: running ${NUM_PROCS} CPU processes with ${DS_CONFIG}"
+else
+    DS_CONFIG="${DS_CONFIG:-configs/ds_config_zero3_10k.json}"
+    PRECISION_ARGS="${PRECISION_ARGS:---bf16 --use_flash_attention --gradient_checkpointing}"
+fi
+
+read -r -a models <<< "${MODEL_PATHS}"
+read -r -a names <<< "${MODEL_NAMES}"
+mkdir -p "${OUTPUT_ROOT}/logs"
+failed=()
+for i in "${!models[@]}"; do
+    model="${models[$i]}"
+    name="${names[$i]:-$(basename "${model}")}"
+    output_dir="${OUTPUT_ROOT%/}/dpo_${name}"
+    log_file="${OUTPUT_ROOT%/}/logs/dpo_${name}.log"
+    if ! require_path "model" "${model}" || ! require_path "dataset" "${DATA_PATH}"; then
+        echo "skipping ${name}" >&2
+        failed+=("${name}")
+        continue
+    fi
+    echo "=== DPO ${name}: ${model} -> ${output_dir} (log: ${log_file})"
+    # shellcheck disable=SC2086  # PRECISION_ARGS and EXTRA_ARGS are flag lists
+    if launch dpo/combined_dpo.py \
+        --model_name "${model}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
+        ${SAMPLE_TYPES:+--sample_types "${SAMPLE_TYPES}"} \
+        --deepspeed "${DS_CONFIG}" ${PRECISION_ARGS} \
+        --max_steps "${MAX_STEPS}" --learning_rate "${LEARNING_RATE}" --lr_scheduler_type cosine \
+        --warmup_steps "${WARMUP_STEPS}" --per_device_train_batch_size 1 \
+        --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
+        --max_prompt_length "${MAX_PROMPT_LENGTH}" --beta "${BETA}" \
+        --lora_r "${LORA_R}" --lora_alpha "${LORA_ALPHA}" --lora_dropout 0.05 \
+        --save_steps "${SAVE_STEPS}" --logging_steps 1 ${EXTRA_ARGS} \
+        > "${log_file}" 2>&1; then
+        echo "    done"
+    else
+        echo "    FAILED (exit $?): see ${log_file}" >&2
+        tail -n 20 "${log_file}" >&2
+        failed+=("${name}")
+    fi
+    MASTER_PORT="$(free_port)"
+done
+
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "failed runs: ${failed[*]}" >&2
+    exit 1
+fi
+echo "all runs finished: ${OUTPUT_ROOT}"

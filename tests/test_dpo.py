@@ -1,0 +1,199 @@
+"""The DPO trainer end to end on the tiny model: flags, reference model, ZeRO-3, resume, launcher."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO_ROOT, script_env, torchrun_command
+from fwdrev.data import load_preference_data
+from fwdrev.dpo_trainer import DPOArguments
+from fwdrev.logprobs import sequence_logprobs
+from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
+from fwdrev.tokenization import collate_pairs, encode_examples
+from fwdrev.training import DataArguments, ModelArguments, parse_arguments
+
+SCRIPT = str(REPO_ROOT / "dpo" / "combined_dpo.py")
+SAMPLE = str(REPO_ROOT / "data-100samples.parquet")
+SMALL_RUN = ["--max_length", "256", "--max_prompt_length", "128", "--lora_r", "8", "--lora_alpha", "16",
+             "--learning_rate", "1e-3", "--warmup_steps", "0", "--per_device_eval_batch_size", "4",
+             "--gradient_accumulation_steps", "2", "--report_to", "none", "--eval_size", "8"]
+
+
+def run_dpo(model_dir, output_dir, *extra, procs=1, timeout=600, check=True):
+    launcher = torchrun_command(procs) if procs > 1 else [sys.executable]
+    command = launcher + [SCRIPT, "--model_name", str(model_dir), "--train_file_path", SAMPLE,
+                          "--output_dir", str(output_dir), *SMALL_RUN, *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env=script_env(), timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def final_state(output_dir):
+    return json.loads((Path(output_dir) / "trainer_state.json").read_text()) \
+        if (Path(output_dir) / "trainer_state.json").is_file() else \
+        json.loads(max(Path(output_dir).glob("checkpoint-*/trainer_state.json"),
+                       key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+
+
+def test_every_flag_reaches_the_arguments():
+    argv = ["--model_name", "m", "--train_file_path", "d.parquet", "--output_dir", "o",
+            "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
+            "--gradient_accumulation_steps", "5", "--learning_rate", "2e-6",
+            "--lr_scheduler_type", "linear", "--warmup_steps", "7", "--weight_decay", "0.01",
+            "--max_steps", "7", "--max_prompt_length", "100", "--max_length", "300", "--beta", "0.2",
+            "--seed", "3", "--save_steps", "4", "--save_total_limit", "2", "--logging_steps", "2",
+            "--eval_steps", "6", "--gradient_checkpointing", "--no_use_lora", "--lora_r", "4",
+            "--lora_alpha", "8", "--lora_dropout", "0.1", "--lora_target_modules", "q_proj,v_proj",
+            "--use_flash_attention", "--local_rank", "-1", "--merge_weights", "--prompt_field", "p",
+            "--chosen_field", "c", "--rejected_field", "r", "--sample_types", "original",
+            "--loss_type", "ipo", "--sft_weight", "0.5", "--eval_size", "10",
+            "--resume_from_checkpoint", "latest", "--trust_remote_code"]
+    model, data, args = parse_arguments((ModelArguments, DataArguments, DPOArguments), {}, argv)
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (2, 3)
+    assert (args.gradient_accumulation_steps, args.learning_rate, args.warmup_steps) == (5, 2e-6, 7)
+    assert args.lr_scheduler_type == "linear" and args.weight_decay == 0.01
+    assert (args.max_steps, args.seed, args.save_steps, args.save_total_limit) == (7, 3, 4, 2)
+    assert (args.logging_steps, args.eval_steps, args.activation_checkpointing) == (2, 6, True)
+    assert (args.beta, args.loss_type, args.sft_weight) == (0.2, "ipo", 0.5)
+    assert args.resume_from_checkpoint == "latest"
+    assert not model.use_lora and (model.lora_r, model.lora_alpha, model.lora_dropout) == (4, 8, 0.1)
+    assert model.lora_target_modules == "q_proj,v_proj" and model.use_flash_attention
+    assert model.merge_weights and model.trust_remote_code
+    assert (data.prompt_field, data.chosen_field, data.rejected_field) == ("p", "c", "r")
+    assert (data.max_length, data.max_prompt_length, data.sample_types) == (300, 100, "original")
+    assert data.eval_size == 10
+    if not torch.cuda.is_available():
+        assert args.use_cpu
+
+
+def test_defaults_are_the_papers():
+    model, _, args = parse_arguments((ModelArguments, DataArguments, DPOArguments), {},
+                                     ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o"])
+    assert model.use_lora and (model.lora_r, model.lora_alpha, model.lora_dropout) == (256, 512, 0.05)
+    assert args.loss_type == "sigmoid" and args.precompute_ref_log_probs
+
+
+def test_adapter_disabled_reference_equals_base_model(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = load_preference_data(SAMPLE, tokenizer=tokenizer)
+    batch = collate_pairs(encode_examples(tokenizer, data.examples[:3], 256, 128), tokenizer.pad_token_id)
+    base = load_causal_lm(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        base_logps = sequence_logprobs(base, batch["input_ids"], batch["attention_mask"], batch["labels"]).sum
+    policy = add_lora(load_causal_lm(str(tiny_model_dir)), make_lora_config(8, 16, 0.0), seed=0).eval()
+    for name, param in policy.named_parameters():  # a trained adapter: non-zero B matrices
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    with torch.no_grad():
+        policy_logps = sequence_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["labels"]).sum
+        with policy.disable_adapter():
+            reference_logps = sequence_logprobs(policy, batch["input_ids"], batch["attention_mask"],
+                                                batch["labels"]).sum
+    assert torch.allclose(reference_logps, base_logps, atol=1e-4)
+    assert (policy_logps - base_logps).abs().max() > 1e-2
+
+
+def test_max_steps_and_outputs_single_process(tiny_model_dir, tmp_path):
+    run_dpo(tiny_model_dir, tmp_path, "--max_steps", "7", "--save_steps", "100", "--eval_steps", "3")
+    state = final_state(tmp_path)
+    assert state["global_step"] == 7
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    train = metrics.dropna(subset=["loss"])
+    assert list(train["step"]) == [1, 2, 3, 4, 5, 6, 7]
+    assert train["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
+    for column in ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                   "logps/chosen", "logps/rejected", "logps/chosen_mean_per_token"]:
+        assert train[column].notna().all()
+    assert list(metrics.dropna(subset=["eval_loss"])["step"]) == [3, 6, 7]  # every 3 steps and at the end
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    reference = pd.read_parquet(tmp_path / "reference_logps.parquet")
+    assert len(reference) == 100 and (reference["chosen_logp_sum"] < 0).all()
+    report = json.loads((tmp_path / "data_report.json").read_text())
+    assert report["used_rows"] == 100
+    assert json.loads((tmp_path / "run_config.json").read_text())["DPOArguments"]["max_steps"] == 7
+
+
+def test_bad_data_exits_2_with_the_rows(tiny_model_dir, tmp_path):
+    frame = pd.read_parquet(SAMPLE)
+    frame.loc[[3, 8], "worse-text"] = None
+    bad = tmp_path / "bad.parquet"
+    frame.to_parquet(bad)
+    result = subprocess.run([sys.executable, SCRIPT, "--model_name", str(tiny_model_dir),
+                             "--train_file_path", str(bad), "--output_dir", str(tmp_path / "o")],
+                            capture_output=True, text=True, env=script_env(), timeout=300)
+    assert result.returncode == 2
+    assert "bad.parquet" in result.stderr and "worse-text" in result.stderr and "[3, 8]" in result.stderr
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path):
+    steps = ["--max_steps", "16", "--save_steps", "2", "--eval_strategy", "no", "--seed", "5"]
+    run_dpo(tiny_model_dir, tmp_path / "full", *steps)
+    expected = final_state(tmp_path / "full")["log_history"]
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, SCRIPT, "--model_name", str(tiny_model_dir), "--train_file_path", SAMPLE,
+               "--output_dir", str(killed), *SMALL_RUN, *steps]
+    process = subprocess.Popen(command, env=script_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-4" / "trainer_state.json").is_file():
+        assert process.poll() is None and time.time() < deadline, "run ended before checkpoint-4"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (killed / "checkpoint-16").exists()
+
+    run_dpo(tiny_model_dir, killed, *steps, "--resume_from_checkpoint", "latest")
+    resumed = final_state(killed)["log_history"]
+    losses = lambda history: {e["step"]: e["loss"] for e in history if "loss" in e}
+    assert set(losses(resumed)) == set(range(1, 17))
+    for step in range(1, 17):
+        assert losses(resumed)[step] == pytest.approx(losses(expected)[step], abs=1e-4), step
+
+
+@pytest.mark.slow
+def test_zero3_two_processes_with_merge(tiny_model_dir, tmp_path):
+    run_dpo(tiny_model_dir, tmp_path, "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2",
+            "--deepspeed", str(REPO_ROOT / "configs" / "ds_config_zero3_cpu.json"), "--merge_weights",
+            procs=2)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    train = metrics.dropna(subset=["loss"])
+    assert list(train["step"]) == [1, 2, 3, 4] and train["loss"].map(math.isfinite).all()
+    # both ranks fed different pairs: 4 steps x 2 pairs x 2 ranks of 92 train pairs
+    assert train["epoch"].iloc[-1] == pytest.approx(16 / 92, abs=0.01)
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "checkpoint-2").is_dir() and (tmp_path / "checkpoint-4").is_dir()
+    merged = load_causal_lm(str(tmp_path / "merged"))
+    adapter = load_causal_lm(str(tiny_model_dir))
+    from fwdrev.modeling import load_adapter
+
+    adapter = load_adapter(adapter, tmp_path).eval()
+    tokenizer = load_tokenizer(str(tmp_path / "merged"))
+    ids = tokenizer("<|im_start|>user\nStart with 3.<|im_end|>\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged.eval()(ids).logits, adapter(ids).logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_launcher_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
+    env = script_env(MODEL_PATHS=f"{tiny_model_dir} {tmp_path / 'missing_model'}", DATA_PATH=SAMPLE,
+                     OUTPUT_ROOT=tmp_path, MAX_STEPS=2, MAX_LENGTH=256, MAX_PROMPT_LENGTH=128,
+                     LORA_R=4, LORA_ALPHA=8, SAVE_STEPS=2, EXTRA_ARGS="--report_to none --eval_size 0")
+    result = subprocess.run(["bash", str(REPO_ROOT / "dpo" / "7b-train_multiple_base_models.sh")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1  # the missing model is reported and counted as failed
+    assert "model not found" in result.stderr and "missing_model" in result.stderr
+    name = Path(tiny_model_dir).name
+    assert (tmp_path / f"dpo_{name}" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "logs" / f"dpo_{name}.log").is_file()
+    assert final_state(tmp_path / f"dpo_{name}")["global_step"] == 2
