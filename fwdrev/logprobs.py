@@ -75,12 +75,18 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Response log-probs of a causal LM, computed from its final hidden states.
 
     ``labels`` are the input ids with ``IGNORE_INDEX`` at prompt and padding positions; the
-    hidden state at position t scores the label at t + 1. The forward goes through ``model``
-    itself (a DeepSpeed engine runs its hooks) with ``logits_to_keep=1``, so the model computes
-    the logits of one position only; the last hidden state is the final-norm output.
+    hidden state at position t scores the label at t + 1.
     """
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
-                    output_hidden_states=True, use_cache=False)
-    hidden = outputs.hidden_states[-1]
-    lm_head = unwrap_causal_lm(model).get_output_embeddings()
-    return label_logprobs(hidden[:, :-1], lm_head, labels[:, 1:], chunk_size)
+    causal_lm = unwrap_causal_lm(model)
+    if torch.is_grad_enabled():
+        # Training: through the model's own forward, where a DeepSpeed engine hooks its backward
+        # bookkeeping; logits_to_keep=1 makes the model's own head output one position only.
+        # The per-layer hidden states returned are kept for backward anyway.
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1,
+                        output_hidden_states=True, use_cache=False)
+        hidden = outputs.hidden_states[-1]  # the final-norm output
+    else:
+        # Scoring: the decoder alone, so no layer's hidden states outlive their use.
+        hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                         use_cache=False).last_hidden_state
+    return label_logprobs(hidden[:, :-1], causal_lm.get_output_embeddings(), labels[:, 1:], chunk_size)

@@ -97,7 +97,8 @@ def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", 
     from peft import PeftModel
 
     if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
-        model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable)
+        model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable,
+                           autocast_adapter_dtype=False)
         return model
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
                                      is_trainable=is_trainable, autocast_adapter_dtype=False)

@@ -69,3 +69,20 @@ def test_sequence_logprobs_on_a_causal_lm_matches_its_logits():
     expected = naive_token_logps(logits[:, :-1], labels[:, 1:])
     assert out.count.tolist() == [6, 4]  # the first response token (position 3) is scored
     assert (out.per_token - expected).abs().max() <= 1e-5
+
+
+def test_training_path_equals_scoring_path_and_has_gradients():
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).eval()
+    input_ids = torch.randint(0, 101, (2, 9))
+    labels = input_ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    attention_mask = torch.ones_like(input_ids)
+    with torch.no_grad():
+        scored = sequence_logprobs(model, input_ids, attention_mask, labels, chunk_size=3)
+    trained = sequence_logprobs(model, input_ids, attention_mask, labels, chunk_size=3)
+    assert torch.allclose(scored.sum, trained.sum, atol=1e-5)
+    trained.sum.sum().backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0

@@ -1,0 +1,96 @@
+"""Score one model (full model or LoRA adapter) on preference data: log p(y+), log p(y-), gap.
+
+    python analysis/analyze_dpo_model.py --model_path ./outputs/dpo \\
+        --dataset_path ./data/your_dataset.parquet --output_dir ./outputs/dpo_analysis \\
+        [--ref_model_path ./models/your_base_model --beta 0.1]
+    torchrun --nproc_per_node=4 analysis/analyze_dpo_model.py ...   # examples split over GPUs
+
+Outputs in OUTPUT_DIR: scores.parquet and scores.csv (one row per example, columns
+``fwdrev.scoring.SCORE_COLUMNS`` plus ``REWARD_COLUMNS`` with --ref_model_path), summary.json
+(per subset: means, preference accuracy, bootstrap 95% CIs of the mean deltas) and
+data_report.json (rows used, excluded and truncated).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fwdrev.checkpoints import DPO_FOLDER, free_memory  # noqa: E402
+from fwdrev.io import write_json, write_table  # noqa: E402
+from fwdrev.modeling import load_for_scoring  # noqa: E402
+from fwdrev.scoring import (add_reward_columns, add_scoring_arguments, load_scoring_pairs,  # noqa: E402
+                            pair_length, sample_types_by_id, score_pairs, scores_table,
+                            scoring_dtype, summarize_scores)
+from fwdrev.sharding import current_shard, gather_table  # noqa: E402
+from fwdrev.training import run_cli  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="Full model folder or LoRA adapter folder.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--base_model", default=None,
+                        help="Base model of a LoRA adapter (default: the adapter config's).")
+    parser.add_argument("--ref_model_path", default=None,
+                        help="Reference model: adds ref log-probs and DPO implicit rewards.")
+    parser.add_argument("--beta", type=float, default=0.1, help="DPO beta of the implicit rewards.")
+    parser.add_argument("--checkpoint_name", default=None, help="'checkpoint' column (default: folder name).")
+    parser.add_argument("--stage", default="dpo", help="'stage' column.")
+    parser.add_argument("--epoch", type=int, default=1, help="'epoch' column.")
+    parser.add_argument("--step", type=int, default=None,
+                        help="'step' column (default: N of a checkpoint-N folder, else empty).")
+    add_scoring_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    shard = current_shard(args.num_shards, args.shard_id)
+    device = shard.device(args.gpu_id)
+    dtype = scoring_dtype(device)
+    model, tokenizer = load_for_scoring(args.model_path, args.base_model, dtype, device,
+                                        args.use_flash_attention)
+    data, pairs = load_scoring_pairs(args, tokenizer)
+    if shard.is_main:
+        print(data.report.summary())
+        data.report.save_json(output_dir / "data_report.json")
+    my_pairs = shard.take(pairs, pair_length)
+
+    def score(scoring_model):
+        return score_pairs(scoring_model, my_pairs, tokenizer.pad_token_id,
+                           batch_size=args.batch_size, first_k=args.max_tokens,
+                           chunk_size=args.logprob_chunk_size, device=device,
+                           progress=shard.is_main)
+
+    name = args.checkpoint_name or Path(args.model_path).resolve().name
+    step = args.step
+    if step is None and (match := DPO_FOLDER.match(name)):
+        step = int(match.group(1))
+    table = scores_table(score(model), sample_types_by_id(data), name, args.stage, args.epoch, step)
+    if args.ref_model_path:
+        del model  # one model in memory at a time
+        free_memory()
+        reference, _ = load_for_scoring(args.ref_model_path, args.base_model, dtype, device,
+                                        args.use_flash_attention)
+        table = add_reward_columns(table, score(reference), args.beta)
+
+    merged = gather_table(shard, table, output_dir / "scores.parquet", [p.example_id for p in pairs])
+    if merged is not None:
+        write_table(merged, output_dir / "scores.csv")
+        summary = summarize_scores(merged)
+        write_json(output_dir / "summary.json", summary)
+        for subset, values in summary.items():
+            print(f"{subset:>10}: n={values['n']:4d}  mean delta_logp_mean="
+                  f"{values['means']['delta_logp_mean']:+.4f}  accuracy={values['accuracy_by_mean']:.3f}")
+        print(f"wrote {output_dir}/scores.parquet, scores.csv, summary.json")
+    elif not shard.launched:
+        print(f"shard {shard.index} of {shard.count} written; the last shard to finish merges")
+    shard.close()
+
+
+if __name__ == "__main__":
+    run_cli(main)

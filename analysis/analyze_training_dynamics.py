@@ -1,0 +1,144 @@
+"""Score every checkpoint of an SFT or DPO run: how log p(y+) and log p(y-) move in training.
+
+    python analysis/analyze_training_dynamics.py --base_model ./models/your_base_model \\
+        --checkpoint_dir ./outputs/sft --dataset_path ./data/your_dataset.parquet \\
+        --output_dir ./outputs/training_dynamics/m/sft [--epochs 1,2,3] [--include_base]
+    torchrun --nproc_per_node=4 analysis/analyze_training_dynamics.py ...  # examples split over GPUs
+
+Checkpoints: ``CHECKPOINT_DIR/<epoch>`` (SFT) or ``CHECKPOINT_DIR/checkpoint-<step>`` (DPO; epoch
+= ordinal 1..K in step order), found automatically; each a LoRA adapter (the base model is
+loaded once, adapters are swapped) or a full model.
+
+Outputs in OUTPUT_DIR: all / first50 / last50 (.parquet and .csv; one row per checkpoint and
+example, columns ``fwdrev.scoring.SCORE_COLUMNS``), summary.csv (per checkpoint and subset),
+data_report.json, scoring_settings.json and parts/<checkpoint>.part (one finished checkpoint
+each). Rerunning skips the checkpoints already scored, so an interrupted run resumes.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pandas as pd  # noqa: E402
+
+from fwdrev.checkpoints import (CheckpointModels, base_checkpoint, discover_checkpoints,  # noqa: E402
+                                parse_epochs)
+from fwdrev.io import write_json, write_table  # noqa: E402
+from fwdrev.modeling import load_tokenizer, pick_attn_implementation  # noqa: E402
+from fwdrev.scoring import (add_scoring_arguments, checkpoint_summary, load_scoring_pairs,  # noqa: E402
+                            pair_length, sample_types_by_id, score_pairs, scores_table,
+                            scoring_dtype, subset_frames)
+from fwdrev.sharding import current_shard, gather_table  # noqa: E402
+from fwdrev.training import run_cli  # noqa: E402
+
+TABLE_SUBSETS = ("all", "first50", "last50")
+# Flags that change the scores: a resumed run must use the same values as the parts on disk.
+SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
+                  "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
+                  "base_model", "checkpoint_dir")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base_model", required=True, help="Base model of the run (LoRA checkpoints).")
+    parser.add_argument("--checkpoint_dir", required=True, help="Folder with the run's checkpoints.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--epochs", default=None,
+                        help="Comma-separated SFT epochs / DPO ordinals to score (default: all found).")
+    parser.add_argument("--stage", choices=("sft", "dpo", "auto"), default="auto",
+                        help="Checkpoint layout: <epoch>/ (sft) or checkpoint-<step>/ (dpo).")
+    parser.add_argument("--include_base", action="store_true",
+                        help="Also score the base model (checkpoint 'base', epoch 0).")
+    add_scoring_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
+    """Refuse to mix parts scored with other settings into the same tables."""
+    settings = {flag: getattr(args, flag) for flag in SETTINGS_FLAGS}
+    for flag in ("dataset_path", "base_model", "checkpoint_dir"):
+        if os.path.exists(settings[flag]):
+            settings[flag] = os.path.abspath(settings[flag])
+    settings["stage"] = stage
+    path = output_dir / "scoring_settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        if changed:
+            raise SystemExit(f"error: {output_dir} holds results scored with other settings "
+                             f"(saved, now): {changed}; use another --output_dir")
+    elif is_main:
+        write_json(path, settings)
+
+
+def rebuild_tables(output_dir: Path) -> pd.DataFrame | None:
+    """Merge the finished parts into the subset tables and summary.csv (each written atomically)."""
+    parts = sorted((output_dir / "parts").glob("*.part"))
+    if not parts:
+        return None
+    table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    table = table.sort_values(["epoch", "example_id"], kind="stable").reset_index(drop=True)
+    subsets = subset_frames(table, per_sample_type=False)
+    for name in TABLE_SUBSETS:
+        for suffix in (".parquet", ".csv"):
+            write_table(subsets[name], output_dir / f"{name}{suffix}")
+    write_table(checkpoint_summary(table), output_dir / "summary.csv")
+    return table
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    shard = current_shard(args.num_shards, args.shard_id)
+    checkpoints = discover_checkpoints(args.checkpoint_dir, args.stage, parse_epochs(args.epochs))
+    stage = checkpoints[0].stage
+    if args.include_base:
+        checkpoints.insert(0, base_checkpoint(stage))
+    check_settings(args, stage, output_dir, shard.is_main)
+
+    tokenizer = load_tokenizer(args.base_model)  # every checkpoint is scored on the same tokens
+    data, pairs = load_scoring_pairs(args, tokenizer)
+    if shard.is_main:
+        print(data.report.summary())
+        data.report.save_json(output_dir / "data_report.json")
+    my_pairs = shard.take(pairs, pair_length)
+    sample_types = sample_types_by_id(data)
+
+    def part_file(checkpoint):
+        return output_dir / "parts" / f"{checkpoint.name}.part"
+
+    # A checkpoint is done once its merged part exists (or, for a separate shard run, its shard file).
+    todo = [c for c in checkpoints if not part_file(c).exists()
+            and (shard.launched or shard.count == 1 or not shard.file(part_file(c)).exists())]
+    if shard.is_main:
+        print(f"{len(checkpoints) - len(todo)} of {len(checkpoints)} checkpoints already scored; "
+              f"to score: {[c.name for c in todo]}")
+    shard.barrier()  # every rank decided on the same to-do list before any part is written
+
+    device = shard.device(args.gpu_id)
+    models = CheckpointModels(args.base_model, scoring_dtype(device), device,
+                              pick_attn_implementation(args.use_flash_attention))
+    for checkpoint in todo:
+        with models.activate(checkpoint) as model:
+            scores = score_pairs(model, my_pairs, tokenizer.pad_token_id, batch_size=args.batch_size,
+                                 first_k=args.max_tokens, chunk_size=args.logprob_chunk_size,
+                                 device=device, progress=shard.is_main)
+        table = scores_table(scores, sample_types, checkpoint.name, checkpoint.stage,
+                             checkpoint.epoch, checkpoint.step)
+        if gather_table(shard, table, part_file(checkpoint), [p.example_id for p in pairs]) is not None:
+            rebuild_tables(output_dir)
+            print(f"checkpoint {checkpoint.name} scored")
+    if shard.is_main or not shard.launched:
+        table = rebuild_tables(output_dir)
+        if table is not None:
+            print(f"wrote {output_dir}: {table['checkpoint'].nunique()} checkpoints, "
+                  f"{len(table)} rows in all.parquet/.csv")
+    shard.close()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,85 @@
+"""Answer accuracy: greedy generation from each row's prompt, final answer vs. the gold solution.
+
+    python analysis/evaluate_answers.py --model_path ./outputs/dpo \\
+        --dataset_path ./data/your_dataset.parquet --output_dir ./outputs/answers \\
+        [--max_new_tokens 2048] [--batch_size 8] [--sample_types original,flipped]
+
+The prompt is the one scored by the analysis (the conversation up to the assistant header, or
+the chat-template rendering of a plain question). The final answer is the text after
+``<|im_start|>answer\\nAnswer:`` (else the last ``Answer:`` or ``\\boxed{}``); it is correct
+when it equals the gold answer of GOLD_FIELD (numbers compared as numbers).
+Outputs in OUTPUT_DIR: answers.csv (example_id, sample_type, generated, extracted, gold,
+correct) and accuracy.json (overall and per sample_type).
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pandas as pd  # noqa: E402
+
+from fwdrev.answers import accuracy_by_sample_type, generate_greedy, gold_answer, grade_generations  # noqa: E402
+from fwdrev.data import DataValidationError, load_preference_data  # noqa: E402
+from fwdrev.io import write_json, write_table  # noqa: E402
+from fwdrev.modeling import load_for_scoring  # noqa: E402
+from fwdrev.scoring import scoring_dtype  # noqa: E402
+from fwdrev.sharding import Shard  # noqa: E402
+from fwdrev.tokenization import truncate_prompt  # noqa: E402
+from fwdrev.training import run_cli  # noqa: E402
+
+ANSWER_COLUMNS = ["example_id", "sample_type", "generated", "extracted", "gold", "correct"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="Full model folder or LoRA adapter folder.")
+    parser.add_argument("--dataset_path", required=True, help="Parquet or JSONL preference file.")
+    parser.add_argument("--output_dir", default="./outputs/answers")
+    parser.add_argument("--base_model", default=None, help="Base of a LoRA adapter (default: its config's).")
+    parser.add_argument("--max_new_tokens", type=int, default=2048)
+    parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call.")
+    parser.add_argument("--max_prompt_length", type=int, default=2048, help="Max prompt tokens (end kept).")
+    parser.add_argument("--sample_types", default=None, help="e.g. 'original,flipped' (default: all).")
+    parser.add_argument("--gold_field", default="solution", help="Column with the gold answer.")
+    parser.add_argument("--prompt_field", default="question", help="Prompt column (plain data only).")
+    parser.add_argument("--chosen_field", default="text")
+    parser.add_argument("--rejected_field", default="worse-text")
+    parser.add_argument("--drop_invalid_rows", action="store_true")
+    parser.add_argument("--gpu_id", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = Shard().device(args.gpu_id)
+    model, tokenizer = load_for_scoring(args.model_path, args.base_model, scoring_dtype(device), device)
+    data = load_preference_data(args.dataset_path, args.prompt_field, args.chosen_field,
+                                args.rejected_field, args.sample_types, args.drop_invalid_rows,
+                                tokenizer)
+    if args.gold_field not in data.frame:
+        raise DataValidationError(f"{args.dataset_path}: no gold answer column '{args.gold_field}'; "
+                                  f"available columns: {list(data.frame.columns)}")
+    prompt_ids = [truncate_prompt(tokenizer(e.prompt, add_special_tokens=False)["input_ids"],
+                                  args.max_prompt_length)[0] for e in data.examples]
+    generated = generate_greedy(model, tokenizer, prompt_ids, args.max_new_tokens,
+                                args.batch_size, progress=True)
+    records = pd.DataFrame({
+        "example_id": [e.example_id for e in data.examples],
+        "sample_type": [e.sample_type or "unknown" for e in data.examples],
+        "generated": generated,
+        "gold": [gold_answer(data.frame.loc[e.example_id, args.gold_field]) for e in data.examples],
+    })
+    graded = grade_generations(records)[ANSWER_COLUMNS]
+    accuracy = accuracy_by_sample_type(graded)
+    output_dir = Path(args.output_dir)
+    write_table(graded, output_dir / "answers.csv")
+    write_json(output_dir / "accuracy.json", accuracy)
+    print(json.dumps(accuracy, indent=2))
+
+
+if __name__ == "__main__":
+    run_cli(main)

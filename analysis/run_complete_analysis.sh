@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole analysis of one training set: the final DPO model, then the training dynamics of
+# the SFT series and of the DPO series. Results land where the figure scripts look for them:
+#   OUTPUT_ROOT/dpo_model/                          scores, summary.json
+#   OUTPUT_ROOT/training_dynamics/TRAIN_SET/sft/    all / first50 / last50, summary.csv
+#   OUTPUT_ROOT/training_dynamics/TRAIN_SET/dpo/
+#
+#   BASE_MODEL=./models/qwen SFT_DIR=./outputs/sft DPO_DIR=./outputs/dpo TRAIN_SET=m \
+#       bash analysis/run_complete_analysis.sh
+#
+# Every variable below can be set in the environment.
+BASE_MODEL="${BASE_MODEL:-./models/your_base_model}"
+SFT_DIR="${SFT_DIR:-./outputs/sft}"             # <epoch>/ checkpoint folders
+DPO_DIR="${DPO_DIR:-./outputs/dpo}"             # final adapter + checkpoint-<step>/ folders
+DPO_MODEL="${DPO_MODEL:-${DPO_DIR}}"            # the model scored on its own (final DPO output)
+DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
+OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/analysis}"
+TRAIN_SET="${TRAIN_SET:-m}"                     # f (forward), r (reverse) or m (mixed) training data
+REF_MODEL_PATH="${REF_MODEL_PATH:-}"            # DPO's reference (the SFT adapter it started from): adds rewards
+
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export BASE_MODEL DATASET_PATH
+
+echo "== DPO model: ${DPO_MODEL}"
+MODEL_PATH="${DPO_MODEL}" REF_MODEL_PATH="${REF_MODEL_PATH}" \
+    OUTPUT_DIR="${OUTPUT_ROOT}/dpo_model" bash "${here}/run_dpo_analysis.sh"
+
+echo "== SFT training dynamics: ${SFT_DIR}"
+CHECKPOINT_DIR="${SFT_DIR}" STAGE=sft INCLUDE_BASE="${INCLUDE_BASE:-1}" \
+    OUTPUT_DIR="${OUTPUT_ROOT}/training_dynamics/${TRAIN_SET}/sft" bash "${here}/run_training_dynamics.sh"
+
+echo "== DPO training dynamics: ${DPO_DIR}"
+CHECKPOINT_DIR="${DPO_DIR}" STAGE=dpo INCLUDE_BASE=0 \
+    OUTPUT_DIR="${OUTPUT_ROOT}/training_dynamics/${TRAIN_SET}/dpo" bash "${here}/run_training_dynamics.sh"
+
+echo "done: ${OUTPUT_ROOT}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Score a DPO model (LoRA adapter or full model) on a preference file: per-example log p(y+),
+# log p(y-), their gap and, with REF_MODEL_PATH, the DPO implicit rewards. One process per GPU.
+#
+#   MODEL_PATH=./outputs/dpo DATASET_PATH=./data/test.parquet bash analysis/run_dpo_analysis.sh
+#   bash analysis/run_dpo_analysis.sh --sample_types original --max_tokens 500   # extra flags
+#
+# Every variable below can be set in the environment; extra arguments go to the Python script.
+MODEL_PATH="${MODEL_PATH:-./models/your_dpo_model}"
+BASE_MODEL="${BASE_MODEL:-}"            # base of a LoRA adapter (default: the adapter config's)
+REF_MODEL_PATH="${REF_MODEL_PATH:-}"    # e.g. ./models/your_base_model to add rewards
+DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
+OUTPUT_DIR="${OUTPUT_DIR:-./outputs/dpo_analysis}"
+BETA="${BETA:-0.1}"
+MAX_TOKENS="${MAX_TOKENS:-1000}"
+MAX_LENGTH="${MAX_LENGTH:-20000}"
+BATCH_SIZE="${BATCH_SIZE:-2}"
+
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
+require_path "model" "${MODEL_PATH}"
+require_path "dataset" "${DATASET_PATH}"
+
+optional=()
+[[ -n "${BASE_MODEL}" ]] && optional+=(--base_model "${BASE_MODEL}")
+[[ -n "${REF_MODEL_PATH}" ]] && optional+=(--ref_model_path "${REF_MODEL_PATH}")
+
+launch "${REPO_ROOT}/analysis/analyze_dpo_model.py" \
+    --model_path "${MODEL_PATH}" --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" \
+    --beta "${BETA}" --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
+    --batch_size "${BATCH_SIZE}" "${optional[@]}" "$@"

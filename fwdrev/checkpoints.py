@@ -1,0 +1,142 @@
+"""Finding the checkpoints of a training run, and loading each one for scoring.
+
+Two layouts: SFT saves one folder per epoch (``CHECKPOINT_DIR/1``, ``/2``, ...), the HF Trainer
+used for DPO saves ``CHECKPOINT_DIR/checkpoint-<step>``. Each folder holds a LoRA adapter
+(``adapter_config.json``) or a full model (``config.json``).
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from fwdrev.modeling import is_adapter_dir, load_adapter, load_causal_lm
+
+STAGES = ("sft", "dpo")
+DPO_FOLDER = re.compile(r"^checkpoint-(\d+)$")
+SFT_FOLDER = re.compile(r"^(\d+)$")
+BASE_NAME = "base"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str  # folder name ("3", "checkpoint-200") or "base"
+    path: Path | None  # None: the base model itself
+    stage: str  # "sft" or "dpo"
+    epoch: int  # SFT epoch, DPO checkpoint ordinal 1..K in step order, 0 for the base model
+    step: int | None  # DPO optimizer step (0 for the base model of a DPO series)
+
+
+def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
+                         epochs: Sequence[int] | None = None) -> list[Checkpoint]:
+    """The checkpoints under ``checkpoint_dir`` in training order.
+
+    ``stage="auto"`` picks DPO when there are ``checkpoint-<step>`` folders, else SFT.
+    ``epochs`` keeps only those SFT epochs / DPO ordinals (missing ones are an error).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {checkpoint_dir}")
+    numbered = {kind: sorted(((int(m.group(1)), p) for p in checkpoint_dir.iterdir()
+                              if p.is_dir() and (m := pattern.match(p.name))), key=lambda t: t[0])
+                for kind, pattern in (("dpo", DPO_FOLDER), ("sft", SFT_FOLDER))}
+    if stage == "auto":
+        stage = "dpo" if numbered["dpo"] else "sft"
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES} or 'auto', got {stage!r}")
+    if not numbered[stage]:
+        expected = "checkpoint-<step>" if stage == "dpo" else "numeric epoch"
+        raise FileNotFoundError(f"no {expected} folders in {checkpoint_dir}")
+    if stage == "dpo":
+        found = [Checkpoint(p.name, p, stage, ordinal, step)
+                 for ordinal, (step, p) in enumerate(numbered["dpo"], start=1)]
+    else:
+        found = [Checkpoint(p.name, p, stage, epoch, None) for epoch, p in numbered["sft"]]
+    if epochs is not None:
+        missing = sorted(set(epochs) - {c.epoch for c in found})
+        if missing:
+            raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint for epoch(s) {missing}; "
+                                    f"found {[c.name for c in found]}")
+        found = [c for c in found if c.epoch in set(epochs)]
+    unloadable = [c.name for c in found
+                  if not (is_adapter_dir(c.path) or (c.path / "config.json").is_file())]
+    if unloadable:
+        raise FileNotFoundError(f"{checkpoint_dir}: folders {unloadable} hold neither a LoRA "
+                                "adapter (adapter_config.json) nor a model (config.json)")
+    return found
+
+
+def base_checkpoint(stage: str) -> Checkpoint:
+    return Checkpoint(BASE_NAME, None, stage, 0, 0 if stage == "dpo" else None)
+
+
+def parse_epochs(value: str | None) -> list[int] | None:
+    """'1,2,5' -> [1, 2, 5]; None or '' -> None (all)."""
+    if not value:
+        return None
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+class CheckpointModels:
+    """Loads each checkpoint of a series for scoring.
+
+    LoRA checkpoints share one copy of the base model: the next adapter is loaded and made
+    active, the previous one deleted. Full-model checkpoints are loaded one at a time.
+    """
+
+    def __init__(self, base_model: str, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", attn_implementation: str = "sdpa"):
+        self.base_model, self.dtype, self.device = base_model, dtype, device
+        self.attn_implementation = attn_implementation
+        self._model = None  # the base model, a PeftModel once an adapter was loaded
+        self._adapter: str | None = None
+
+    def _load(self, path) -> torch.nn.Module:
+        model = load_causal_lm(str(path), self.dtype, self.attn_implementation)
+        return model.to(self.device).eval()
+
+    def _shared_base(self):
+        if self._model is None:
+            self._model = self._load(self.base_model)
+        return self._model
+
+    @contextmanager
+    def activate(self, checkpoint: Checkpoint) -> Iterator[torch.nn.Module]:
+        """The model of ``checkpoint``, in eval mode on the device."""
+        if checkpoint.path is None:
+            model = self._shared_base()
+            if self._adapter is None:
+                yield model
+            else:
+                with model.disable_adapter():
+                    yield model
+        elif is_adapter_dir(checkpoint.path):
+            yield self._swap_adapter(checkpoint)
+        else:
+            model = self._load(checkpoint.path)
+            try:
+                yield model
+            finally:
+                del model
+                free_memory()
+
+    def _swap_adapter(self, checkpoint: Checkpoint):
+        name = re.sub(r"\W", "_", checkpoint.name)  # adapter names become module keys
+        model = load_adapter(self._shared_base(), checkpoint.path, adapter_name=name)
+        model.set_adapter(name)
+        if self._adapter is not None and self._adapter != name:
+            model.delete_adapter(self._adapter)
+        self._model, self._adapter = model.eval(), name
+        return model
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

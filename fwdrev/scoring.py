@@ -1,0 +1,249 @@
+"""Per-example response log-probs of y+ (chosen) and y- (rejected), and their summaries.
+
+One row per example: for each side the token count, sum, mean and peak (max) per-token
+log-prob over the whole response and over its first K tokens, then the deltas
+(chosen - rejected). Scoring is batched, longest pairs first (an out-of-memory error shows
+up in the first batch, not after an hour), and never builds full-vocabulary logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from fwdrev.data import PreferenceData, load_preference_data
+from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
+from fwdrev.tokenization import TokenizedPair, collate_pairs, encode_examples
+
+SIDES = ("chosen", "rejected")
+STAT_NAMES = ["num_tokens", "logp_sum", "logp_mean", "logp_max",
+              "num_tokens_first_k", "logp_sum_first_k", "logp_mean_first_k", "logp_max_first_k"]
+DELTA_STATS = ["logp_sum", "logp_mean", "logp_max",
+               "logp_sum_first_k", "logp_mean_first_k", "logp_max_first_k"]
+META_COLUMNS = ["checkpoint", "stage", "epoch", "step", "example_id", "sample_type"]
+SCORE_COLUMNS = (META_COLUMNS + [f"{side}_{name}" for side in SIDES for name in STAT_NAMES]
+                 + [f"delta_{name}" for name in DELTA_STATS])
+REWARD_COLUMNS = ["ref_chosen_logp_sum", "ref_rejected_logp_sum", "chosen_reward",
+                  "rejected_reward", "reward_margin"]
+SUMMARY_MEANS = ["chosen_logp_mean", "rejected_logp_mean", "delta_logp_mean",
+                 "chosen_logp_mean_first_k", "rejected_logp_mean_first_k", "delta_logp_mean_first_k",
+                 "chosen_logp_sum", "rejected_logp_sum", "delta_logp_sum"]
+HEAD_TAIL_SIZE = 50  # the "first50" / "last50" subsets of the original analysis
+BOOTSTRAP_SAMPLES = 1000
+
+
+@contextmanager
+def eval_mode(model):
+    """No dropout and no autograd inside; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def response_stats(per_token: torch.Tensor, mask: torch.Tensor, first_k: int) -> dict[str, torch.Tensor]:
+    """Token count, sum, mean and max log-prob per row, over all and over the first K response tokens.
+
+    Rows without response tokens get NaN mean and max.
+    """
+    first_k_mask = mask & (mask.cumsum(-1) <= first_k)  # response tokens are contiguous
+    stats = {}
+    for suffix, row_mask in (("", mask), ("_first_k", first_k_mask)):
+        count = row_mask.sum(-1)
+        total = (per_token * row_mask).sum(-1)
+        empty = count == 0
+        peak = per_token.masked_fill(~row_mask, float("-inf")).max(-1).values
+        stats[f"num_tokens{suffix}"] = count
+        stats[f"logp_sum{suffix}"] = total
+        stats[f"logp_mean{suffix}"] = (total / count.clamp(min=1)).masked_fill(empty, float("nan"))
+        stats[f"logp_max{suffix}"] = peak.masked_fill(empty, float("nan"))
+    return stats
+
+
+def pair_length(pair: TokenizedPair) -> int:
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+
+def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_size: int = 2,
+                first_k: int = 1000, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                device: torch.device | str | None = None, progress: bool = False) -> pd.DataFrame:
+    """Score chosen and rejected responses of ``pairs``; one row per pair, in input order.
+
+    Columns: example_id, ``{chosen,rejected}_{STAT_NAMES}`` and ``delta_{DELTA_STATS}``.
+    """
+    device = device if device is not None else next(model.parameters()).device
+    order = sorted(range(len(pairs)), key=lambda i: -pair_length(pairs[i]))
+    rows: dict[int, dict] = {}
+    batches = range(0, len(order), batch_size)
+    with eval_mode(model):
+        for start in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+            batch_indices = order[start : start + batch_size]
+            batch_pairs = [pairs[i] for i in batch_indices]
+            batch = collate_pairs(batch_pairs, pad_token_id)  # chosen rows, then rejected rows
+            out = sequence_logprobs(model, batch["input_ids"].to(device),
+                                    batch["attention_mask"].to(device),
+                                    batch["labels"].to(device), chunk_size)
+            stats = {name: values.cpu().tolist()
+                     for name, values in response_stats(out.per_token, out.mask, first_k).items()}
+            size = len(batch_pairs)
+            for j, index in enumerate(batch_indices):
+                row = {"example_id": pairs[index].example_id}
+                for side, offset in (("chosen", 0), ("rejected", size)):
+                    row.update({f"{side}_{name}": stats[name][offset + j] for name in STAT_NAMES})
+                rows[index] = row
+    columns = ["example_id"] + [f"{side}_{name}" for side in SIDES for name in STAT_NAMES]
+    frame = pd.DataFrame([rows[i] for i in range(len(pairs))], columns=columns)
+    for name in DELTA_STATS:
+        frame[f"delta_{name}"] = frame[f"chosen_{name}"] - frame[f"rejected_{name}"]
+    return frame
+
+
+def scores_table(scores: pd.DataFrame, sample_types: dict[int, str | None], checkpoint: str,
+                 stage: str, epoch: int, step: int | None) -> pd.DataFrame:
+    """Add the checkpoint and example metadata to ``score_pairs`` output (``SCORE_COLUMNS`` order)."""
+    table = scores.copy()
+    table.insert(0, "checkpoint", str(checkpoint))
+    table.insert(1, "stage", str(stage))
+    table.insert(2, "epoch", np.int64(epoch))
+    table.insert(3, "step", pd.array([step] * len(table), dtype="Int64"))
+    table.insert(5, "sample_type", [sample_types.get(i) or "unknown" for i in table["example_id"]])
+    counts = [c for c in SCORE_COLUMNS if c == "example_id" or "num_tokens" in c]
+    table = table.astype({c: "int64" for c in counts})
+    extra = [c for c in table.columns if c not in SCORE_COLUMNS]
+    return table[SCORE_COLUMNS + extra]
+
+
+def add_reward_columns(table: pd.DataFrame, reference_scores: pd.DataFrame, beta: float) -> pd.DataFrame:
+    """DPO implicit rewards beta * (log p_policy - log p_ref) of each side, and their margin."""
+    ref = reference_scores.set_index("example_id")
+    table = table.copy()
+    table["ref_chosen_logp_sum"] = table["example_id"].map(ref["chosen_logp_sum"])
+    table["ref_rejected_logp_sum"] = table["example_id"].map(ref["rejected_logp_sum"])
+    table["chosen_reward"] = beta * (table["chosen_logp_sum"] - table["ref_chosen_logp_sum"])
+    table["rejected_reward"] = beta * (table["rejected_logp_sum"] - table["ref_rejected_logp_sum"])
+    table["reward_margin"] = table["chosen_reward"] - table["rejected_reward"]
+    return table
+
+
+# --------------------------------------------------------------------------- summaries
+def subset_frames(table: pd.DataFrame, per_sample_type: bool = True) -> dict[str, pd.DataFrame]:
+    """'all', one subset per sample_type, and the first / last 50 examples in file order."""
+    subsets = {"all": table}
+    if per_sample_type:
+        for sample_type in sorted(table["sample_type"].dropna().unique()):
+            subsets[str(sample_type)] = table[table["sample_type"] == sample_type]
+    example_ids = np.sort(table["example_id"].unique())
+    subsets[f"first{HEAD_TAIL_SIZE}"] = table[table["example_id"].isin(example_ids[:HEAD_TAIL_SIZE])]
+    subsets[f"last{HEAD_TAIL_SIZE}"] = table[table["example_id"].isin(example_ids[-HEAD_TAIL_SIZE:])]
+    return subsets
+
+
+def bootstrap_mean_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                      level: float = 0.95) -> list[float]:
+    """Percentile bootstrap confidence interval of the mean (NaNs dropped)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def summarize_subset(frame: pd.DataFrame, seed: int = 0) -> dict:
+    """n, the mean of every numeric score column, preference accuracies and delta CIs."""
+    numeric = [c for c in frame.columns
+               if c not in META_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])]
+    summary = {"n": int(len(frame)), "means": {c: _float(frame[c].mean()) for c in numeric},
+               "accuracy_by_mean": _share_positive(frame["delta_logp_mean"]),
+               "accuracy_by_sum": _share_positive(frame["delta_logp_sum"])}
+    ci_columns = [c for c in numeric if c.startswith("delta_")]
+    if "reward_margin" in frame:
+        summary["reward_accuracy"] = _share_positive(frame["reward_margin"])
+        ci_columns.append("reward_margin")
+    summary["ci95_of_mean"] = {c: bootstrap_mean_ci(frame[c], seed=seed) for c in ci_columns}
+    return summary
+
+
+def summarize_scores(table: pd.DataFrame, seed: int = 0) -> dict:
+    """Summary of every subset (see ``subset_frames``), as written to summary.json."""
+    return {name: summarize_subset(rows, seed) for name, rows in subset_frames(table).items()}
+
+
+def checkpoint_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per checkpoint and subset: n, mean y+ / y- / delta and preference accuracies."""
+    rows = []
+    for _, rows_of_checkpoint in table.groupby(["epoch", "checkpoint"], sort=True):
+        first = rows_of_checkpoint.iloc[0]
+        for subset, frame in subset_frames(rows_of_checkpoint).items():
+            rows.append({"checkpoint": first["checkpoint"], "stage": first["stage"],
+                         "epoch": first["epoch"], "step": first["step"], "subset": subset,
+                         "n": len(frame), **{c: frame[c].mean() for c in SUMMARY_MEANS},
+                         "accuracy_by_mean": _share_positive(frame["delta_logp_mean"]),
+                         "accuracy_by_sum": _share_positive(frame["delta_logp_sum"])})
+    return pd.DataFrame(rows).astype({"step": "Int64"})
+
+
+def _share_positive(values: pd.Series) -> float:
+    values = values.dropna()
+    return float((values > 0).mean()) if len(values) else float("nan")
+
+
+def _float(value) -> float | None:
+    return None if pd.isna(value) else float(value)
+
+
+# ------------------------------------------------------------------ shared CLI pieces
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data, truncation, batching and sharding flags shared by the analysis scripts."""
+    parser.add_argument("--dataset_path", required=True, help="Parquet or JSONL preference file.")
+    parser.add_argument("--prompt_field", default="question", help="Prompt column (plain data only).")
+    parser.add_argument("--chosen_field", default="text", help="y+ column.")
+    parser.add_argument("--rejected_field", default="worse-text", help="y- column.")
+    parser.add_argument("--sample_types", default=None,
+                        help="Keep these sample_type values, e.g. 'original,flipped' (default: all).")
+    parser.add_argument("--drop_invalid_rows", action="store_true",
+                        help="Exclude invalid rows (reported) instead of failing.")
+    parser.add_argument("--max_tokens", type=int, default=1000,
+                        help="K of the *_first_k columns: statistics over the first K response tokens.")
+    parser.add_argument("--max_length", type=int, default=20000, help="Max tokens of prompt + response.")
+    parser.add_argument("--max_prompt_length", type=int, default=2048, help="Max prompt tokens (end kept).")
+    parser.add_argument("--batch_size", type=int, default=2, help="Pairs per forward pass.")
+    parser.add_argument("--logprob_chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help="Response tokens per output-head chunk (bounds logits memory).")
+    parser.add_argument("--gpu_id", type=int, default=0, help="CUDA device of a single-process run.")
+    parser.add_argument("--use_flash_attention", action="store_true",
+                        help="flash_attention_2 if flash-attn and CUDA are present, else SDPA.")
+    parser.add_argument("--num_shards", type=int, default=None,
+                        help="Split the examples over this many separate runs (with --shard_id); "
+                             "the last run to finish merges. Under torchrun: the world size.")
+    parser.add_argument("--shard_id", type=int, default=None, help="This run's shard, 0-based.")
+
+
+def load_scoring_pairs(args, tokenizer) -> tuple[PreferenceData, list[TokenizedPair]]:
+    """Load, validate and tokenize ``--dataset_path``; truncations are added to the report."""
+    data = load_preference_data(args.dataset_path, args.prompt_field, args.chosen_field,
+                                args.rejected_field, args.sample_types, args.drop_invalid_rows,
+                                tokenizer)
+    pairs = encode_examples(tokenizer, data.examples, args.max_length, args.max_prompt_length,
+                            data.report)
+    return data, pairs
+
+
+def scoring_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs (log-probs are still reduced in float32), float32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def sample_types_by_id(data: PreferenceData) -> dict[int, str | None]:
+    return {example.example_id: example.sample_type for example in data.examples}
+

@@ -1,0 +1,242 @@
+"""The analysis scripts end to end on the tiny model: tables, resume, sharding, launchers."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO_ROOT, script_env
+from fwdrev.checkpoints import discover_checkpoints
+from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
+from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS
+from fwdrev.synthetic import generate_preference_rows
+
+NUM_ROWS = 12
+SCORE_TOLERANCE = dict(check_exact=False, rtol=1e-5, atol=1e-3)  # float32 sums of ~100 tokens
+
+
+def load_script(name: str):
+    """Import analysis/<name>.py as a module, to call its main(argv) in this process."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "analysis" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+analyze_dpo_model = load_script("analyze_dpo_model")
+analyze_training_dynamics = load_script("analyze_training_dynamics")
+evaluate_answers = load_script("evaluate_answers")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """A data file, an SFT series of LoRA adapters (1/, 2/, 3/) and a DPO series of full models."""
+    root = tmp_path_factory.mktemp("runs")
+    data_path = root / "rows.parquet"
+    generate_preference_rows(NUM_ROWS, seed=4).to_parquet(data_path)
+    for epoch in (1, 2, 3):
+        model = add_lora(load_causal_lm(str(tiny_model_dir)),
+                         make_lora_config(r=4, alpha=8, dropout=0.0, target_modules="q_proj,v_proj"), seed=epoch)
+        with torch.no_grad():  # a fresh adapter is the identity: give each epoch its own weights
+            for name, weight in model.named_parameters():
+                if "lora_B" in name:
+                    weight.normal_(0, 0.05 * epoch)
+        model.save_pretrained(root / "sft" / str(epoch))
+    for step in (10, 5):
+        model = load_causal_lm(str(tiny_model_dir))
+        with torch.no_grad():
+            model.lm_head.weight.mul_(1 + step / 10)
+        model.save_pretrained(root / "dpo" / f"checkpoint-{step}")
+    return root
+
+
+def read_csv(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"checkpoint": str, "step": "Int64"})  # "1" stays a name
+
+
+def common_flags(runs) -> list[str]:
+    return ["--dataset_path", str(runs / "rows.parquet"), "--max_tokens", "8", "--batch_size", "3"]
+
+
+@pytest.fixture(scope="module")
+def adapter_scores(runs, tiny_model_dir, tmp_path_factory):
+    """analyze_dpo_model on SFT adapter 1 with the base model as reference (single process)."""
+    output_dir = tmp_path_factory.mktemp("adapter-1")
+    analyze_dpo_model.main(["--model_path", str(runs / "sft" / "1"), "--output_dir", str(output_dir),
+                            "--ref_model_path", str(tiny_model_dir), "--beta", "0.5", "--stage", "sft",
+                            *common_flags(runs)])
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def sft_dynamics(runs, tiny_model_dir, tmp_path_factory):
+    """analyze_training_dynamics over the whole SFT series plus the base model."""
+    output_dir = tmp_path_factory.mktemp("sft-dynamics")
+    dynamics(runs, tiny_model_dir, output_dir, "--include_base")
+    return output_dir
+
+
+def dynamics(runs, tiny_model_dir, output_dir, *flags, series="sft"):
+    analyze_training_dynamics.main(["--base_model", str(tiny_model_dir), "--checkpoint_dir", str(runs / series),
+                                    "--output_dir", str(output_dir), *common_flags(runs), *flags])
+
+
+def test_dpo_model_table_summary_and_rewards(adapter_scores, runs, tiny_model_dir, tmp_path):
+    table = pd.read_parquet(adapter_scores / "scores.parquet")
+    assert list(table.columns) == SCORE_COLUMNS + REWARD_COLUMNS
+    assert table["example_id"].tolist() == list(range(NUM_ROWS))  # file order
+    assert table["sample_type"].tolist() == ["original"] * 6 + ["flipped"] * 6
+    assert set(table["checkpoint"]) == {"1"} and table["step"].isna().all()
+    assert (table["chosen_num_tokens_first_k"] == 8).all() and (table["chosen_num_tokens"] > 8).all()
+    pd.testing.assert_frame_equal(read_csv(adapter_scores / "scores.csv"), table,
+                                  check_dtype=False, **SCORE_TOLERANCE)
+
+    # the reference columns are the base model's own scores
+    analyze_dpo_model.main(["--model_path", str(tiny_model_dir), "--output_dir", str(tmp_path), *common_flags(runs)])
+    base = pd.read_parquet(tmp_path / "scores.parquet")
+    assert np.allclose(table["ref_chosen_logp_sum"], base["chosen_logp_sum"], atol=1e-3)
+    assert np.allclose(table["chosen_reward"], 0.5 * (table["chosen_logp_sum"] - base["chosen_logp_sum"]), atol=1e-3)
+    assert not np.allclose(table["chosen_logp_sum"], base["chosen_logp_sum"])  # the adapter matters
+
+    summary = json.loads((adapter_scores / "summary.json").read_text())
+    assert summary["all"]["n"] == NUM_ROWS and summary["flipped"]["n"] == 6
+    assert summary["all"]["means"]["rejected_logp_max"] == pytest.approx(table["rejected_logp_max"].mean())
+    assert summary["all"]["accuracy_by_mean"] == pytest.approx((table["delta_logp_mean"] > 0).mean())
+    assert summary["all"]["reward_accuracy"] == pytest.approx((table["reward_margin"] > 0).mean())
+    report = json.loads((adapter_scores / "data_report.json").read_text())
+    assert report["used_rows"] == NUM_ROWS and report["sample_type_counts"] == {"original": 6, "flipped": 6}
+
+
+def test_manual_shards_merge_to_the_single_process_table(adapter_scores, runs, tiny_model_dir, tmp_path):
+    def shard(index):
+        analyze_dpo_model.main(["--model_path", str(runs / "sft" / "1"), "--output_dir", str(tmp_path),
+                                "--ref_model_path", str(tiny_model_dir), "--beta", "0.5", "--stage", "sft",
+                                "--num_shards", "2", "--shard_id", str(index), *common_flags(runs)])
+
+    shard(1)
+    assert not (tmp_path / "scores.parquet").exists()  # waits for shard 0
+    shard(0)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"),
+                                  pd.read_parquet(adapter_scores / "scores.parquet"), **SCORE_TOLERANCE)
+    assert json.loads((tmp_path / "summary.json").read_text())["all"]["n"] == NUM_ROWS
+    assert not list(tmp_path.glob("*.shard-*"))
+
+
+@pytest.mark.slow
+def test_torchrun_launcher_two_processes_equals_single_process(adapter_scores, runs, tiny_model_dir, tmp_path):
+    env = script_env(NUM_PROCS=2, MODEL_PATH=runs / "sft" / "1", DATASET_PATH=runs / "rows.parquet",
+                     OUTPUT_DIR=tmp_path, REF_MODEL_PATH=tiny_model_dir, BETA=0.5, MAX_TOKENS=8, BATCH_SIZE=3)
+    result = subprocess.run(["bash", "analysis/run_dpo_analysis.sh", "--stage", "sft"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"),
+                                  pd.read_parquet(adapter_scores / "scores.parquet"), **SCORE_TOLERANCE)
+
+
+def test_bad_data_exits_with_code_2(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    generate_preference_rows(4).drop(columns=["worse-text"]).to_parquet(bad)
+    result = subprocess.run([sys.executable, "analysis/analyze_dpo_model.py", "--model_path", str(tiny_model_dir),
+                             "--dataset_path", str(bad), "--output_dir", str(tmp_path / "out")],
+                            cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "worse-text" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "scores.parquet").exists()
+
+
+def test_launchers_check_their_inputs(tmp_path):
+    for script in ("run_dpo_analysis.sh", "run_training_dynamics.sh", "run_complete_analysis.sh"):
+        assert subprocess.run(["bash", "-n", f"analysis/{script}"], cwd=REPO_ROOT).returncode == 0
+    result = subprocess.run(["bash", "analysis/run_dpo_analysis.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env=script_env(MODEL_PATH=tmp_path / "missing"), timeout=60)
+    assert result.returncode == 1 and f"model not found: {tmp_path / 'missing'}" in result.stderr
+
+
+def test_checkpoint_discovery_in_both_layouts(runs, tmp_path):
+    sft = discover_checkpoints(runs / "sft")
+    assert [(c.name, c.stage, c.epoch, c.step) for c in sft] == [("1", "sft", 1, None), ("2", "sft", 2, None),
+                                                                 ("3", "sft", 3, None)]
+    dpo = discover_checkpoints(runs / "dpo")
+    assert [(c.name, c.stage, c.epoch, c.step) for c in dpo] == [("checkpoint-5", "dpo", 1, 5),
+                                                                 ("checkpoint-10", "dpo", 2, 10)]
+    assert [c.name for c in discover_checkpoints(runs / "sft", epochs=[3, 1])] == ["1", "3"]
+    with pytest.raises(FileNotFoundError, match=r"epoch\(s\) \[4\]"):
+        discover_checkpoints(runs / "sft", epochs=[4])
+    with pytest.raises(FileNotFoundError, match="checkpoint-<step>"):
+        discover_checkpoints(runs / "sft", stage="dpo")
+    (tmp_path / "checkpoint-7").mkdir()  # e.g. optimizer state only
+    with pytest.raises(FileNotFoundError, match="neither a LoRA adapter"):
+        discover_checkpoints(tmp_path)
+
+
+def test_sft_dynamics_tables(sft_dynamics, adapter_scores):
+    table = pd.read_parquet(sft_dynamics / "all.parquet")
+    assert list(table.columns) == SCORE_COLUMNS
+    assert table.groupby("checkpoint", sort=False).size().to_dict() == {"base": 12, "1": 12, "2": 12, "3": 12}
+    assert table["epoch"].tolist() == [e for e in (0, 1, 2, 3) for _ in range(NUM_ROWS)]
+    assert not table.duplicated(["checkpoint", "example_id"]).any()
+    # adapters swapped on one base model score like a freshly loaded adapter
+    epoch_1 = table[table["checkpoint"] == "1"].reset_index(drop=True)
+    alone = pd.read_parquet(adapter_scores / "scores.parquet")[SCORE_COLUMNS]
+    pd.testing.assert_frame_equal(epoch_1, alone, **SCORE_TOLERANCE)
+    assert not np.allclose(table[table["epoch"] == 2]["chosen_logp_sum"], epoch_1["chosen_logp_sum"])
+    for subset in ("first50", "last50"):  # fewer than 50 rows: every example
+        pd.testing.assert_frame_equal(pd.read_parquet(sft_dynamics / f"{subset}.parquet"), table)
+    pd.testing.assert_frame_equal(read_csv(sft_dynamics / "all.csv"), table, check_dtype=False, **SCORE_TOLERANCE)
+
+    summary = pd.read_csv(sft_dynamics / "summary.csv")
+    assert len(summary) == 4 * 5  # checkpoints x (all, flipped, original, first50, last50)
+    row = summary[(summary["checkpoint"] == "2") & (summary["subset"] == "flipped")].iloc[0]
+    flipped = table[(table["checkpoint"] == "2") & (table["sample_type"] == "flipped")]
+    assert row["n"] == 6 and row["delta_logp_mean"] == pytest.approx(flipped["delta_logp_mean"].mean())
+    assert row["accuracy_by_sum"] == pytest.approx((flipped["delta_logp_sum"] > 0).mean())
+
+
+def test_dynamics_resume_scores_only_the_missing_checkpoints(sft_dynamics, runs, tiny_model_dir, tmp_path, capsys):
+    dynamics(runs, tiny_model_dir, tmp_path, "--epochs", "1")  # as if interrupted after epoch 1
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["1.part"]
+    assert set(pd.read_parquet(tmp_path / "all.parquet")["checkpoint"]) == {"1"}
+    first_part = (tmp_path / "parts" / "1.part").stat().st_mtime_ns
+    capsys.readouterr()
+
+    dynamics(runs, tiny_model_dir, tmp_path, "--include_base")
+    assert "1 of 4 checkpoints already scored" in capsys.readouterr().out
+    assert (tmp_path / "parts" / "1.part").stat().st_mtime_ns == first_part  # not rescored
+    for name in ("all.parquet", "first50.parquet", "last50.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), pd.read_parquet(sft_dynamics / name))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"), pd.read_csv(sft_dynamics / "summary.csv"))
+
+    dynamics(runs, tiny_model_dir, tmp_path, "--include_base")  # nothing left to do
+    assert "4 of 4 checkpoints already scored" in capsys.readouterr().out
+    assert len(pd.read_parquet(tmp_path / "all.parquet")) == 4 * NUM_ROWS
+    with pytest.raises(SystemExit, match="other settings"):
+        dynamics(runs, tiny_model_dir, tmp_path, "--max_length", "100")
+
+
+def test_dpo_dynamics_of_full_model_checkpoints(runs, tiny_model_dir, tmp_path):
+    dynamics(runs, tiny_model_dir, tmp_path, series="dpo")
+    table = pd.read_parquet(tmp_path / "all.parquet")
+    firsts = table.drop_duplicates("checkpoint")
+    assert firsts[["checkpoint", "stage", "epoch", "step"]].values.tolist() == [
+        ["checkpoint-5", "dpo", 1, 5], ["checkpoint-10", "dpo", 2, 10]]
+    # a sharper output head (larger scale) changes the log-probs
+    assert not np.allclose(table[table["epoch"] == 1]["chosen_logp_mean"], table[table["epoch"] == 2]["chosen_logp_mean"])
+
+
+def test_evaluate_answers_writes_answers_and_accuracy(runs, tiny_model_dir, tmp_path):
+    evaluate_answers.main(["--model_path", str(tiny_model_dir), "--dataset_path", str(runs / "rows.parquet"),
+                           "--output_dir", str(tmp_path), "--max_new_tokens", "6", "--batch_size", "4"])
+    answers = pd.read_csv(tmp_path / "answers.csv")
+    assert list(answers.columns) == ["example_id", "sample_type", "generated", "extracted", "gold", "correct"]
+    assert answers["example_id"].tolist() == list(range(NUM_ROWS))
+    gold = generate_preference_rows(NUM_ROWS, seed=4)["solution"].astype(int).tolist()
+    assert answers["gold"].tolist() == gold
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
+    assert {k: v["n"] for k, v in accuracy.items()} == {"all": 12, "flipped": 6, "original": 6}
+    assert accuracy["all"]["n_correct"] == int(answers["correct"].sum())

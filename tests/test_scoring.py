@@ -1,0 +1,188 @@
+"""Per-example scoring equals a hand-rolled full-logits computation; summaries; sharding."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fwdrev.data import load_preference_data
+from fwdrev.modeling import load_for_scoring
+from fwdrev.scoring import (REWARD_COLUMNS, SCORE_COLUMNS, add_reward_columns, bootstrap_mean_ci,
+                            checkpoint_summary, response_stats, score_pairs, scores_table,
+                            summarize_scores)
+from fwdrev.sharding import Shard, gather_table
+from fwdrev.synthetic import generate_preference_rows
+from fwdrev.tokenization import encode_examples
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_for_scoring(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "six.parquet"
+    generate_preference_rows(6, seed=3).to_parquet(path)
+    _, tokenizer = tiny
+    data = load_preference_data(path, tokenizer=tokenizer)
+    return encode_examples(tokenizer, data.examples, max_length=512, max_prompt_length=256)
+
+
+def full_logits_response_logps(model, prompt_ids, response_ids) -> torch.Tensor:
+    """log p of each response token from the model's full logits (the slow, obvious way)."""
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, ids[0, 1:, None])[:, 0]
+    return token_logps[len(prompt_ids) - 1 :]  # position t predicts token t + 1
+
+
+def test_scores_equal_full_logits_computation(tiny, pairs):
+    model, tokenizer = tiny
+    first_k = 5
+    scores = score_pairs(model, pairs, tokenizer.pad_token_id, batch_size=4, first_k=first_k,
+                         chunk_size=7)
+    assert list(scores["example_id"]) == [p.example_id for p in pairs]  # input order kept
+    for pair, row in zip(pairs, scores.to_dict("records")):
+        for side, response in (("chosen", pair.chosen_ids), ("rejected", pair.rejected_ids)):
+            expected = full_logits_response_logps(model, pair.prompt_ids, response)
+            # every response token is scored (the first one included), no prompt token is
+            assert row[f"{side}_num_tokens"] == len(response) == len(expected)
+            assert row[f"{side}_num_tokens_first_k"] == first_k
+            assert row[f"{side}_logp_sum"] == pytest.approx(expected.sum().item(), abs=1e-3)
+            assert row[f"{side}_logp_mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
+            assert row[f"{side}_logp_max"] == pytest.approx(expected.max().item(), abs=1e-5)
+            head = expected[:first_k]
+            assert row[f"{side}_logp_sum_first_k"] == pytest.approx(head.sum().item(), abs=1e-4)
+            assert row[f"{side}_logp_mean_first_k"] == pytest.approx(head.mean().item(), abs=1e-5)
+            assert row[f"{side}_logp_max_first_k"] == pytest.approx(head.max().item(), abs=1e-5)
+        assert row["delta_logp_mean"] == pytest.approx(row["chosen_logp_mean"] - row["rejected_logp_mean"])
+
+
+def test_scores_do_not_depend_on_batch_size_and_restore_train_mode(tiny, pairs):
+    model, tokenizer = tiny
+    model.train()
+    one = score_pairs(model, pairs, tokenizer.pad_token_id, batch_size=1, first_k=3)
+    assert model.training  # eval mode only while scoring
+    model.eval()
+    all_at_once = score_pairs(model, pairs, tokenizer.pad_token_id, batch_size=len(pairs), first_k=3)
+    pd.testing.assert_frame_equal(one, all_at_once, check_exact=False, rtol=1e-5, atol=1e-3)
+
+
+def test_response_stats_first_k_and_empty_rows():
+    per_token = torch.tensor([[0.0, -1.0, -2.0, -3.0, 0.0],
+                              [0.0, 0.0, -0.5, 0.0, 0.0],
+                              [0.0, 0.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[False, True, True, True, False],  # prompt, 3 response tokens, padding
+                         [False, False, True, False, False],
+                         [False, False, False, False, False]])  # empty response
+    stats = response_stats(per_token, mask, first_k=2)
+    assert stats["num_tokens"].tolist() == [3, 1, 0]
+    assert stats["logp_sum"].tolist() == [-6.0, -0.5, 0.0]
+    assert stats["logp_mean"][:2].tolist() == [-2.0, -0.5]
+    assert stats["logp_max"][:2].tolist() == [-1.0, -0.5]
+    assert stats["num_tokens_first_k"].tolist() == [2, 1, 0]
+    assert stats["logp_sum_first_k"].tolist() == [-3.0, -0.5, 0.0]
+    assert stats["logp_mean_first_k"][0].item() == -1.5
+    assert math.isnan(stats["logp_mean"][2].item()) and math.isnan(stats["logp_max_first_k"][2].item())
+
+
+def fake_table(num_examples: int, seed: int = 0) -> pd.DataFrame:
+    """A scored table with random values, half 'original' then half 'flipped' rows."""
+    rng = np.random.default_rng(seed)
+    scores = pd.DataFrame({"example_id": np.arange(num_examples)})
+    for column in SCORE_COLUMNS[6:]:
+        scores[column] = rng.integers(1, 50, num_examples) if "num_tokens" in column else rng.normal(size=num_examples)
+    types = {i: "original" if i < num_examples // 2 else "flipped" for i in range(num_examples)}
+    return scores_table(scores, types, "checkpoint-10", "dpo", 2, 10)
+
+
+def test_scores_table_has_exact_columns_and_types():
+    table = fake_table(4)
+    assert list(table.columns) == SCORE_COLUMNS
+    assert table["epoch"].dtype == "int64" and str(table["step"].dtype) == "Int64"
+    assert table["chosen_num_tokens"].dtype == "int64"
+    assert set(table["checkpoint"]) == {"checkpoint-10"} and set(table["step"]) == {10}
+
+
+def test_summary_means_cover_every_row_and_subsets():
+    table = fake_table(120)
+    summary = summarize_scores(table)
+    assert set(summary) == {"all", "flipped", "original", "first50", "last50"}
+    assert [summary[k]["n"] for k in ("all", "original", "flipped", "first50", "last50")] == [120, 60, 60, 50, 50]
+    assert summary["all"]["means"]["delta_logp_mean"] == pytest.approx(table["delta_logp_mean"].mean())
+    assert summary["all"]["means"]["chosen_num_tokens"] == pytest.approx(table["chosen_num_tokens"].mean())
+    last50 = table[table["example_id"] >= 70]
+    assert summary["last50"]["means"]["chosen_logp_sum"] == pytest.approx(last50["chosen_logp_sum"].mean())
+    assert summary["original"]["accuracy_by_sum"] == pytest.approx((table["delta_logp_sum"][:60] > 0).mean())
+    low, high = summary["all"]["ci95_of_mean"]["delta_logp_mean"]
+    assert low < table["delta_logp_mean"].mean() < high
+    assert summarize_scores(table) == summary  # fixed bootstrap seed
+
+
+def test_bootstrap_ci_narrows_with_more_data():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(size=20), rng.normal(size=2000)
+    width = lambda values: np.subtract(*bootstrap_mean_ci(values)[::-1])  # noqa: E731
+    assert width(large) < width(small) / 5
+
+
+def test_reward_columns():
+    table = fake_table(3)
+    reference = table[["example_id"]].assign(chosen_logp_sum=[1.0, 2.0, 3.0], rejected_logp_sum=[0.0, 0.0, 1.0])
+    rewarded = add_reward_columns(table, reference, beta=0.5)
+    assert list(rewarded.columns) == SCORE_COLUMNS + REWARD_COLUMNS
+    expected = 0.5 * (table["chosen_logp_sum"] - [1.0, 2.0, 3.0])
+    assert np.allclose(rewarded["chosen_reward"], expected)
+    assert np.allclose(rewarded["reward_margin"], rewarded["chosen_reward"] - rewarded["rejected_reward"])
+
+
+def test_checkpoint_summary_rows():
+    table = pd.concat([fake_table(60, seed=0), fake_table(60, seed=1).assign(checkpoint="checkpoint-20", epoch=3)])
+    summary = checkpoint_summary(table)
+    assert len(summary) == 2 * 5  # checkpoints x (all, flipped, original, first50, last50)
+    row = summary[(summary["checkpoint"] == "checkpoint-20") & (summary["subset"] == "all")].iloc[0]
+    later = table[table["epoch"] == 3]
+    assert row["n"] == 60 and row["rejected_logp_mean"] == pytest.approx(later["rejected_logp_mean"].mean())
+    assert row["accuracy_by_mean"] == pytest.approx((later["delta_logp_mean"] > 0).mean())
+
+
+def test_shards_partition_the_examples_and_balance_lengths():
+    items = list(range(10))
+    shards = [Shard(i, 3).take(items, size=lambda x: x) for i in range(3)]
+    assert sorted(sum(shards, [])) == items
+    assert [len(s) for s in shards] == [4, 3, 3]
+    assert shards[0][0] == 9 and shards[1][0] == 8  # longest items spread first
+
+
+def test_gather_table_merges_when_every_shard_is_written(tmp_path):
+    table = fake_table(7)
+    final = tmp_path / "scores.parquet"
+    pieces = [Shard(i, 2).take(table.to_dict("records")) for i in range(2)]
+    assert gather_table(Shard(1, 2), pd.DataFrame(pieces[1]), final, range(7)) is None  # shard 0 missing
+    assert not final.exists()
+    merged = gather_table(Shard(0, 2), pd.DataFrame(pieces[0]), final, range(7))
+    pd.testing.assert_frame_equal(merged, table, check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(final), merged)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.parquet"]  # shard files removed
+    # a run over 8 examples must not merge shard files holding 7
+    assert gather_table(Shard(0, 2), pd.DataFrame(pieces[0]), final, range(8)) is None
+    with pytest.raises(RuntimeError, match="expected examples"):
+        gather_table(Shard(1, 2), pd.DataFrame(pieces[1]), final, range(8))
+
+
+def test_real_data_rows_are_truncated_and_scored(tiny, shared_sample_path):
+    model, tokenizer = tiny
+    data = load_preference_data(shared_sample_path, tokenizer=tokenizer)
+    examples = [data.examples[0], data.examples[-1]]  # one original, one flipped row
+    pairs = encode_examples(tokenizer, examples, max_length=192, max_prompt_length=64,
+                            report=data.report)
+    assert data.report.truncated["chosen response (kept its first tokens)"] == [e.example_id for e in examples]
+    scores = score_pairs(model, pairs, tokenizer.pad_token_id, batch_size=2, first_k=50)
+    for pair, row in zip(pairs, scores.to_dict("records")):
+        assert row["chosen_num_tokens"] == 192 - len(pair.prompt_ids)
+        assert row["chosen_num_tokens_first_k"] == 50
+        assert np.isfinite(row["chosen_logp_sum"]) and row["chosen_logp_max"] <= 0
