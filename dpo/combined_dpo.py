@@ -84,8 +84,9 @@ def main(argv=None):
     if data_args.probe_every > 0:
         from fwdrev.probes import build_probe_callback
 
+        sample_types = {e.example_id: e.sample_type for e in data.examples}
         callbacks.append(build_probe_callback(data_args, tokenizer, train_pairs, eval_pairs,
-                                              args.output_dir))
+                                              args.output_dir, sample_types=sample_types))
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=PairDataset(train_pairs),
         eval_dataset=PairDataset(eval_pairs) if eval_pairs else None,

@@ -165,7 +165,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path
 def test_zero3_two_processes_with_merge(tiny_model_dir, tmp_path):
     run_dpo(tiny_model_dir, tmp_path, "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2",
             "--deepspeed", str(REPO_ROOT / "configs" / "ds_config_zero3_cpu.json"), "--merge_weights",
-            procs=2)
+            "--probe_every", "2", "--probe_size", "2", procs=2)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     train = metrics.dropna(subset=["loss"])
     assert list(train["step"]) == [1, 2, 3, 4] and train["loss"].map(math.isfinite).all()
@@ -173,6 +173,11 @@ def test_zero3_two_processes_with_merge(tiny_model_dir, tmp_path):
     assert train["epoch"].iloc[-1] == pytest.approx(16 / 92, abs=0.01)
     assert (tmp_path / "adapter_model.safetensors").is_file()
     assert (tmp_path / "checkpoint-2").is_dir() and (tmp_path / "checkpoint-4").is_dir()
+    # in-training probes under ZeRO-3: 2 train + 2 eval pairs at steps 0, 2 and 4, written once
+    dynamics = pd.read_csv(tmp_path / "dynamics.csv")
+    assert dynamics.groupby("step").size().to_dict() == {0: 4, 2: 4, 4: 4}
+    assert set(dynamics["split"]) == {"train", "eval"}
+    assert dynamics["chosen_logp_mean"].lt(0).all()
     merged = load_causal_lm(str(tmp_path / "merged"))
     adapter = load_causal_lm(str(tiny_model_dir))
     from fwdrev.modeling import load_adapter
