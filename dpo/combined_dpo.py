@@ -27,6 +27,7 @@ from fwdrev.data import load_preference_data  # noqa: E402
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
 from fwdrev.tokenization import encode_examples  # noqa: E402
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
+                             finish_distributed,
                              load_policy, load_training_tokenizer, parse_arguments,
                              resolve_resume_checkpoint, run_cli, save_final_model,
                              save_run_config, setup_logging, split_train_eval)
@@ -96,6 +97,7 @@ def main(argv=None):
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(args.resume_from_checkpoint,
                                                                    args.output_dir))
     save_final_model(trainer, model_args, tokenizer)
+    finish_distributed(trainer)
     logger.info("done: %s", args.output_dir)
 
 

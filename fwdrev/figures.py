@@ -360,7 +360,7 @@ def nice_bounds(lo: float, hi: float, margin: float = 0.02, max_steps: int = 10)
     span = max(hi - lo, 1e-9)
     lo, hi = lo - margin * span, hi + margin * span
     step = 10 ** np.floor(np.log10(hi - lo))
-    step = next(s * step for s in (0.1, 0.2, 0.5, 1.0) if (hi - lo) / (s * step) <= max_steps)
+    step = next(s * step for s in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0) if (hi - lo) / (s * step) <= max_steps)
     # round() strips float noise such as 0.6000000000000001 from tick labels and snippets
     return round(float(np.floor(lo / step) * step), 12), round(float(np.ceil(hi / step) * step), 12)
 

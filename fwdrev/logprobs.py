@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from fwdrev.tokenization import IGNORE_INDEX
@@ -44,23 +45,46 @@ def label_logprobs(hidden: torch.Tensor, lm_head, targets: torch.Tensor,
     flat_hidden = hidden[mask]  # (N, H): only labelled positions reach the head
     flat_targets = targets[mask]
     use_checkpoint = torch.is_grad_enabled() and flat_hidden.requires_grad
-    pieces = []
-    for start in range(0, flat_targets.numel(), chunk_size):
-        h = flat_hidden[start : start + chunk_size]
-        t = flat_targets[start : start + chunk_size]
+
+    def chunk_logps(h, t):
         if use_checkpoint:
             # Reentrant: backward re-runs the head as a module, so ZeRO-3 gathers its weight
             # again; non-reentrant checkpointing would find the saved weight partitioned away.
-            pieces.append(checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=True))
+            return checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=True)
+        return _label_logps_of_chunk(lm_head, h, t)
+
+    own_chunks = -(-flat_targets.numel() // chunk_size)
+    # Under ZeRO-3 every head call gathers its weight collectively, so all ranks agree on the
+    # number of calls first; ranks with fewer chunks make extra calls on one position (times
+    # zero, kept in the graph so that backward's recomputations match too).
+    all_chunks = _chunk_count_on_all_ranks(lm_head, own_chunks, hidden.device)
+    pieces = []
+    padding = hidden.new_zeros((), dtype=torch.float32)
+    for index in range(all_chunks):
+        if index < own_chunks:
+            chunk = slice(index * chunk_size, (index + 1) * chunk_size)
+            pieces.append(chunk_logps(flat_hidden[chunk], flat_targets[chunk]))
         else:
-            pieces.append(_label_logps_of_chunk(lm_head, h, t))
+            one_position = hidden.reshape(-1, hidden.shape[-1])[:1]
+            zero_target = torch.zeros(1, dtype=torch.long, device=hidden.device)
+            padding = padding + chunk_logps(one_position, zero_target).sum() * 0
     flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     per_token = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
-    per_token = per_token.masked_scatter(mask, flat)
+    per_token = per_token.masked_scatter(mask, flat) + padding
     count = mask.sum(-1)
     total = per_token.sum(-1)
     mean = total / count.clamp(min=1)
     return SequenceLogprobs(per_token=per_token, mask=mask, sum=total, mean=mean, count=count)
+
+
+def _chunk_count_on_all_ranks(lm_head, count: int, device) -> int:
+    """The largest chunk count of all ranks when the head's weight is ZeRO-3 partitioned."""
+    weight = getattr(lm_head, "weight", None)
+    if not (hasattr(weight, "ds_id") and dist.is_available() and dist.is_initialized()):
+        return count
+    largest = torch.tensor([count], device=device)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return int(largest.item())
 
 
 def unwrap_causal_lm(model):

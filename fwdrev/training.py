@@ -168,6 +168,13 @@ class MetricsCSVCallback(TrainerCallback):
             writer.writerows(rows)
 
 
+def finish_distributed(trainer) -> None:
+    """Leave the process group together: ranks exiting with live gloo threads can abort."""
+    if torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+
+
 def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:
     """Save the adapter (or full model) and tokenizer; optionally a merged copy in OUTPUT_DIR/merged."""
     output_dir = trainer.args.output_dir

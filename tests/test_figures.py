@@ -337,3 +337,9 @@ def test_table_without_delta_or_peak_columns_still_plots():
     assert np.isclose(np.nanmean(image.get_array()), expected.mean())
     assert any("no chosen_logp_max" in t.get_text() for t in fig.axes[1].texts)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("lo,hi,max_steps", [(-0.03, 0.66, 5), (0.0, 0.09, 5), (-1.36, 1.41, 10), (3.0, 97.0, 3)])
+def test_nice_bounds_cover_the_range_in_few_steps(lo, hi, max_steps):
+    a, b = figures.nice_bounds(lo, hi, margin=0.15, max_steps=max_steps)
+    assert a <= lo and b >= hi and b - a < 10 * (hi - lo)
