@@ -131,7 +131,7 @@ def load_preference_data(
     path: str | Path,
     prompt_field: str = "question",
     chosen_field: str = "text",
-    rejected_field: str = "worse-text",
+    rejected_field: str | None = "worse-text",
     sample_types: str | Sequence[str] | None = None,
     drop_invalid_rows: bool = False,
     tokenizer=None,
@@ -141,11 +141,13 @@ def load_preference_data(
     Raises ``DataValidationError`` naming the file, column and rows of every problem, unless
     ``drop_invalid_rows`` is set, in which case those rows are excluded and reported.
     With ``tokenizer``, plain prompts are rendered with its chat template right away.
+    ``rejected_field=None`` loads prompt + chosen only (SFT data); ``rejected`` is then "".
     """
     frame = read_table(path)
     total_rows = len(frame)
     wanted_types = parse_sample_types(sample_types)
-    _require_columns(frame, path, [chosen_field, rejected_field])
+    response_fields = [chosen_field] if rejected_field is None else [chosen_field, rejected_field]
+    _require_columns(frame, path, response_fields)
     if wanted_types is not None:
         _require_columns(frame, path, ["sample_type"])
         present = set(frame["sample_type"].dropna().astype(str))
@@ -161,9 +163,9 @@ def load_preference_data(
     report = DataReport(path=str(path), shape=shape, total_rows=total_rows, selected_rows=len(frame))
     if shape == "plain":
         _require_columns(frame, path, [prompt_field])
-        text_columns = [prompt_field, chosen_field, rejected_field]
+        text_columns = [prompt_field, *response_fields]
     else:
-        text_columns = [chosen_field, rejected_field]
+        text_columns = response_fields
 
     problems: dict[str, list[int]] = {}
     for column in text_columns:
@@ -171,8 +173,8 @@ def load_preference_data(
         if bad:
             problems[f"column '{column}': missing, empty or non-string value"] = bad
     bad_rows = {i for rows in problems.values() for i in rows}
-    identical = [int(i) for i, row in frame.iterrows()
-                 if i not in bad_rows and row[chosen_field] == row[rejected_field]]
+    identical = [int(i) for i, row in frame.iterrows() if rejected_field is not None
+                 and i not in bad_rows and row[chosen_field] == row[rejected_field]]
     if identical:
         problems[f"columns '{chosen_field}' and '{rejected_field}': chosen identical to rejected"] = identical
 
@@ -187,10 +189,15 @@ def load_preference_data(
             continue
         sample_type = _optional_str(row.get("sample_type"))
         if shape == "plain":
+            rejected = "" if rejected_field is None else row[rejected_field]
             examples.append(PreferenceExample(i, row[prompt_field], row[chosen_field],
-                                              row[rejected_field], sample_type, "plain", False))
+                                              rejected, sample_type, "plain", False))
             continue
-        chosen_split, rejected_split = split_embedded(row[chosen_field]), split_embedded(row[rejected_field])
+        chosen_split = split_embedded(row[chosen_field])
+        if rejected_field is None:  # SFT data: no rejected response, same prompt
+            rejected_split = None if chosen_split is None else (chosen_split[0], "")
+        else:
+            rejected_split = split_embedded(row[rejected_field])
         if chosen_split is None or rejected_split is None:
             no_header.append(i)
             continue
@@ -202,7 +209,8 @@ def load_preference_data(
             whitespace_adjusted.append(i)  # keep the chosen response's prompt
         examples.append(PreferenceExample(i, chosen_prompt, chosen, rejected, sample_type))
     if no_header:
-        problems[f"columns '{chosen_field}'/'{rejected_field}': embedded conversation without "
+        named = "/".join(f"'{column}'" for column in response_fields)
+        problems[f"column(s) {named}: embedded conversation without "
                  f"an assistant header {ASSISTANT_HEADER!r}"] = no_header
     if prompt_mismatch:
         problems[f"columns '{chosen_field}'/'{rejected_field}': the two conversations have "

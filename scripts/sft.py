@@ -1,0 +1,115 @@
+"""SFT on the preferred responses (y+ = `text`) of a preference file, loss on the assistant part only.
+
+Multi-GPU (DeepSpeed ZeRO-3), e.g. the forward set D_f (`--sample_types flipped` = D_r,
+`original,flipped` = D_m):
+    torchrun --nproc_per_node=4 scripts/sft.py \
+        --model_name ./models/your_base_model --train_file_path ./data/your_dataset.parquet \
+        --output_dir ./outputs/sft_f --sample_types original --deepspeed configs/ds_config_zero3.json \
+        --use_flash_attention --gradient_checkpointing --max_length 20000
+
+CPU smoke run (tiny model, 2 processes, gloo):
+    torchrun --nproc_per_node=2 scripts/sft.py --model_name ./models/tiny-qwen \
+        --train_file_path data-100samples.parquet --output_dir ./outputs/sft-tiny \
+        --deepspeed configs/ds_config_zero3_cpu.json --num_train_epochs 2 --max_length 512
+
+Accepts a preference file or any Parquet/JSONL with a chat-formatted `text` column (or a
+question column + a plain response column, rendered with the chat template). Every flag:
+``python scripts/sft.py --help``. Outputs in OUTPUT_DIR: checkpoints/<epoch>/ after every epoch
+(LoRA adapter or full model + tokenizer), the final model and tokenizer, checkpoint-<step>/ for
+--resume_from_checkpoint latest, metrics.csv, TensorBoard logs (runs/), run_config.json,
+data_report.json, and merged/ with --merge_weights.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from fwdrev.data import load_preference_data  # noqa: E402
+from fwdrev.dpo_trainer import PairDataset  # noqa: E402
+from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,  # noqa: E402
+                        SFTDataArguments, SFTTrainer)
+from fwdrev.tokenization import encode_examples  # noqa: E402
+from fwdrev.training import (MetricsCSVCallback, finish_distributed, ModelArguments, load_policy,  # noqa: E402
+                             load_training_tokenizer, parse_arguments, resolve_resume_checkpoint,
+                             run_cli, save_final_model, save_run_config, setup_logging,
+                             split_train_eval)
+
+logger = logging.getLogger("sft")
+
+# s1's recipe; every value can be overridden on the command line.
+SFT_DEFAULTS = dict(
+    learning_rate=1e-5,
+    lr_scheduler_type="cosine",
+    warmup_steps=0.05,  # < 1: a fraction of the steps (s1: warmup ratio 0.05)
+    weight_decay=1e-4,
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    bf16=torch.cuda.is_available(),  # bf16 on GPU; CPU stays float32
+    num_train_epochs=6,
+    per_device_train_batch_size=1,
+    per_device_eval_batch_size=1,
+    gradient_accumulation_steps=1,
+    logging_steps=1,
+    eval_size=0,
+    eval_strategy="epoch",
+    save_strategy="epoch",  # checkpoint-<step>/ for resuming; the analysis reads checkpoints/<epoch>
+    save_total_limit=1,
+    report_to=["tensorboard"],
+    remove_unused_columns=False,
+    save_only_model=False,
+)
+
+
+def main(argv=None):
+    model_args, data_args, args = parse_arguments(
+        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv)
+    setup_logging(args)
+    if data_args.probe_every > 0 and not data_args.probe_file:
+        raise ValueError("SFT data has no rejected responses: --probe_every needs --probe_file "
+                         "(a preference file)")
+    tokenizer = load_training_tokenizer(model_args)
+    data = load_preference_data(  # rejected_field=None: SFT reads the prompt and one response
+        data_args.train_file_path, data_args.prompt_field, data_args.chosen_field, None,
+        data_args.sample_types, data_args.drop_invalid_rows, tokenizer)
+    examples = encode_examples(tokenizer, data.examples, data_args.max_length,
+                               data_args.max_prompt_length, data.report, include_rejected=False)
+    train_rows, eval_rows = split_train_eval(examples, data_args.eval_size, args.seed)
+    logger.info("%s\n  train rows: %d, eval rows: %d", data.report.summary(), len(train_rows),
+                len(eval_rows))
+    if not eval_rows:
+        args.eval_strategy = "no"
+    if args.process_index == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+        save_run_config(args.output_dir, model_args, data_args, args)
+        data.report.save_json(os.path.join(args.output_dir, "data_report.json"))
+
+    model = load_policy(model_args, args)
+    callbacks = [MetricsCSVCallback()]
+    if data_args.probe_every > 0:
+        from fwdrev.probes import build_probe_callback
+
+        callbacks.append(build_probe_callback(data_args, tokenizer, train_rows, eval_rows,
+                                              args.output_dir,
+                                              chunk_size=args.logprob_chunk_size))
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=PairDataset(train_rows),
+        eval_dataset=PairDataset(eval_rows) if eval_rows else None,
+        data_collator=SFTCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=callbacks)
+    if args.save_every_epoch:
+        trainer.add_callback(EpochCheckpointCallback(trainer))
+    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+    save_final_model(trainer, model_args, tokenizer)
+    finish_distributed(trainer)
+    logger.info("done: %s", args.output_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# SFT on the preferred responses (y+ = `text`) of the forward, reverse and mixed sets, one
+# torchrun job each: D_f (sample_type original), D_r (flipped), D_m (both).
+#
+# Reference run (the paper's numbers): Qwen2.5-7B-Instruct on s1K-style data (chat-formatted
+# think + answer traces), 6 epochs with a checkpoint after each, s1's recipe: lr 1e-5 cosine,
+# warmup 5%, weight decay 1e-4, Adam betas (0.9, 0.95), bf16, loss on the assistant part only,
+# sequences up to 20,000 tokens, ZeRO-3 + flash attention + gradient checkpointing:
+#   MODEL_PATH=./models/Qwen2.5-7B-Instruct DATA_PATH=./data/your_s1k_style_dataset.parquet \
+#   bash scripts/sft.sh
+# Then DPO from an SFT checkpoint: see dpo/combined_dpo.py (--model_name OUTPUT/merged).
+#
+# Edit the paths below or override any of them from the environment, e.g.
+#   TRAIN_SETS="f" EPOCHS=2 EXTRA_ARGS="--merge_weights" bash scripts/sft.sh
+
+# ---- what a user changes ------------------------------------------------------------------
+MODEL_PATH="${MODEL_PATH:-./models/your_base_model}"
+DATA_PATH="${DATA_PATH:-./data/your_dataset.parquet}"
+OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
+TRAIN_SETS="${TRAIN_SETS:-f r m}"        # f = D_f (original), r = D_r (flipped), m = D_m (both)
+EPOCHS="${EPOCHS:-6}"
+LR="${LR:-1e-5}"
+MAX_LENGTH="${MAX_LENGTH:-20000}"
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
+GRAD_ACCUM="${GRAD_ACCUM:-1}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"            # any further scripts/sft.py flags (--no_use_lora, --merge_weights)
+# DS_CONFIG: DeepSpeed config (default below, by device); set it empty to run without DeepSpeed.
+# -------------------------------------------------------------------------------------------
+
+source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
+cd "${REPO_ROOT}"
+
+if [[ "${GPU_COUNT}" -eq 0 ]]; then
+    # No GPU: fp32 and the CPU ZeRO-3 config (PyTorch AdamW, no offload, no C++ Adam build).
+    DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3_cpu.json}"
+    PRECISION_ARGS="${PRECISION_ARGS:-}"
+    echo "no GPU found: running ${NUM_PROCS} CPU processes${DS_CONFIG:+ with ${DS_CONFIG}}"
+else
+    DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3.json}"  # ds_config_zero3_10k.json offloads to CPU
+    PRECISION_ARGS="${PRECISION_ARGS:---bf16 --use_flash_attention --gradient_checkpointing}"
+fi
+
+require_path "model" "${MODEL_PATH}" || exit 1
+require_path "dataset" "${DATA_PATH}" || exit 1
+
+sample_types_of() {  # TRAIN_SETS letter -> --sample_types value
+    case "$1" in
+        f) echo "original" ;;
+        r) echo "flipped" ;;
+        m) echo "original,flipped" ;;
+        *) return 1 ;;
+    esac
+}
+
+mkdir -p "${OUTPUT_ROOT}/logs"
+failed=()
+for train_set in ${TRAIN_SETS}; do
+    if ! sample_types="$(sample_types_of "${train_set}")"; then
+        echo "error: unknown TRAIN_SETS entry '${train_set}' (expected f, r or m)" >&2
+        failed+=("${train_set}")
+        continue
+    fi
+    output_dir="${OUTPUT_ROOT%/}/sft_${train_set}"
+    log_file="${OUTPUT_ROOT%/}/logs/sft_${train_set}.log"
+    echo "=== SFT D_${train_set} (${sample_types}) -> ${output_dir} (log: ${log_file})"
+    # shellcheck disable=SC2086  # PRECISION_ARGS and EXTRA_ARGS are flag lists
+    if launch scripts/sft.py \
+        --model_name "${MODEL_PATH}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
+        --sample_types "${sample_types}" ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} \
+        --num_train_epochs "${EPOCHS}" --learning_rate "${LR}" \
+        --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
+        --max_prompt_length "${MAX_PROMPT_LENGTH}" ${EXTRA_ARGS} \
+        > "${log_file}" 2>&1; then
+        echo "    done: ${output_dir}/checkpoints/"
+    else
+        echo "    FAILED (exit $?): see ${log_file}" >&2
+        tail -n 20 "${log_file}" >&2
+        failed+=("${train_set}")
+    fi
+    MASTER_PORT="$(free_port)"
+done
+
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "failed runs: ${failed[*]}" >&2
+    exit 1
+fi
+echo "all runs finished: ${OUTPUT_ROOT}"
