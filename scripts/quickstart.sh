@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The whole study end to end on one CPU machine, with the shipped tiny default:
+#   full-parameter SFT (as in s1) on D_f (forward rows), D_r (reverse rows) and D_m (both),
+#   a checkpoint per epoch; LoRA-DPO from the last D_m SFT checkpoint, a checkpoint every few steps; log-probs of y+ and y- on the
+#   held-out test sets T_f and T_r at every checkpoint; answer accuracy before and after;
+#   the paper's figures from these results; a summary table.
+# Every stage runs the same scripts and distributed path (torchrun, DeepSpeed ZeRO-3) as a GPU
+# run, only small. Usage: bash scripts/quickstart.sh   (sizes below, overridable by environment)
+set -euo pipefail
+
+# ---- paths and sizes ------------------------------------------------------------------------
+QUICKSTART_OUT="${QUICKSTART_OUT:-./outputs/quickstart}"
+MODEL_DIR="${MODEL_DIR:-./models/tiny-qwen}"
+SOURCE_DATA="${SOURCE_DATA:-r1k.parquet}"       # shipped synthetic forward/reverse set
+TRAIN_PROBLEMS="${TRAIN_PROBLEMS:-200}"          # each problem = one original + one flipped row
+TEST_PROBLEMS="${TEST_PROBLEMS:-50}"
+SFT_EPOCHS="${SFT_EPOCHS:-4}"
+SFT_LR="${SFT_LR:-3e-3}"
+SFT_BATCH="${SFT_BATCH:-8}"
+DPO_STEPS="${DPO_STEPS:-24}"
+DPO_SAVE_STEPS="${DPO_SAVE_STEPS:-4}"
+DPO_LR="${DPO_LR:-5e-4}"
+DPO_BATCH="${DPO_BATCH:-4}"
+LORA_R="${LORA_R:-64}"
+LORA_ALPHA="${LORA_ALPHA:-128}"
+MAX_LENGTH="${MAX_LENGTH:-256}"
+MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-96}"
+export NUM_PROCS="${NUM_PROCS:-2}"
+DS_CONFIG="${DS_CONFIG:-configs/ds_config_zero3_cpu.json}"
+# ---------------------------------------------------------------------------------------------
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${REPO_ROOT}"
+STAGE="setup"
+trap 'echo; echo "quickstart FAILED in stage: ${STAGE} (see the output above)" >&2' ERR
+banner() {
+    STAGE="$1"
+    printf '\n==== [%s] %s ====\n' "$(date +%H:%M:%S)" "$1"
+}
+started=$(date +%s)
+
+banner "setup: environment"
+# shellcheck disable=SC1091
+source scripts/setup_env.sh
+source scripts/launch_common.sh
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+
+OUT="${QUICKSTART_OUT%/}"
+DATA="${OUT}/data"
+RESULTS="${OUT}/analysis"
+mkdir -p "${OUT}"
+COMMON=(--max_length "${MAX_LENGTH}" --max_prompt_length 128 --lora_r "${LORA_R}"
+        --lora_alpha "${LORA_ALPHA}" --lora_dropout 0.0 --deepspeed "${DS_CONFIG}"
+        --logging_steps 5 --report_to tensorboard --seed 0)
+
+banner "setup: tiny model and data"
+if [[ ! -f "${MODEL_DIR}/config.json" ]]; then
+    python scripts/make_tiny_model.py --output_dir "${MODEL_DIR}"
+fi
+python scripts/prepare_data.py --input "${SOURCE_DATA}" --output_dir "${DATA}" \
+    --test_groups "${TEST_PROBLEMS}" --train_groups "${TRAIN_PROBLEMS}"
+
+declare -A SAMPLE_TYPES=([f]=original [r]=flipped [m]=original,flipped)
+for set in f r m; do
+    banner "SFT on D_${set} (${SAMPLE_TYPES[$set]}), ${SFT_EPOCHS} epochs"
+    launch scripts/sft.py --model_name "${MODEL_DIR}" --train_file_path "${DATA}/train.parquet" \
+        --sample_types "${SAMPLE_TYPES[$set]}" --output_dir "${OUT}/sft_${set}" \
+        --num_train_epochs "${SFT_EPOCHS}" --learning_rate "${SFT_LR}" \
+        --per_device_train_batch_size "${SFT_BATCH}" --warmup_steps 0.05 --no_use_lora "${COMMON[@]}"
+    MASTER_PORT="$(free_port)"
+done
+
+SFT_M_MODEL="${OUT}/sft_m/checkpoints/${SFT_EPOCHS}"
+banner "LoRA-DPO on D_m from the D_m SFT model, ${DPO_STEPS} steps"
+launch dpo/combined_dpo.py --model_name "${SFT_M_MODEL}" \
+    --train_file_path "${DATA}/train.parquet" --output_dir "${OUT}/dpo_m" \
+    --max_steps "${DPO_STEPS}" --save_steps "${DPO_SAVE_STEPS}" --learning_rate "${DPO_LR}" \
+    --warmup_steps 0 --per_device_train_batch_size "${DPO_BATCH}" --gradient_accumulation_steps 1 \
+    --eval_size 0 --probe_every "${DPO_SAVE_STEPS}" --probe_size 8 "${COMMON[@]}"
+MASTER_PORT="$(free_port)"
+
+for run in sft_f sft_r sft_m dpo_m; do
+    set_name="${run#*_}"
+    stage="${run%_*}"
+    banner "log-probs of y+ and y- on T_f and T_r: ${run} checkpoints"
+    base="${MODEL_DIR}"
+    if [[ ${stage} == dpo ]]; then base="${SFT_M_MODEL}"; fi  # DPO checkpoints are adapters on it
+    launch analysis/analyze_training_dynamics.py --base_model "${base}" \
+        --checkpoint_dir "${OUT}/${run}$([[ ${stage} == sft ]] && echo /checkpoints)" \
+        --dataset_path "${DATA}/test.parquet" --output_dir "${RESULTS}/${set_name}/${stage}" \
+        --stage "${stage}" --max_length "${MAX_LENGTH}" --max_prompt_length 128
+    MASTER_PORT="$(free_port)"
+done
+
+banner "answer accuracy on T_f and T_r, before and after"
+python analysis/evaluate_answers.py --model_path "${MODEL_DIR}" --dataset_path "${DATA}/test.parquet" \
+    --output_dir "${OUT}/answers/base" --max_new_tokens "${MAX_NEW_TOKENS}"
+for run in sft_f sft_r sft_m dpo_m; do
+    python analysis/evaluate_answers.py --model_path "${OUT}/${run}" --base_model "${SFT_M_MODEL}" \
+        --dataset_path "${DATA}/test.parquet" --output_dir "${OUT}/answers/${run}" \
+        --max_new_tokens "${MAX_NEW_TOKENS}"
+done
+
+banner "figures"
+python visualization/plot_with_wider_middle.py --results_dir "${RESULTS}" \
+    --output_stem "${OUT}/figures/wider_middle"
+python visualization/visualize_training_dynamics.py --results_dir "${RESULTS}" \
+    --output_dir "${OUT}/figures/dynamics"
+python visualization/visualize_training_dynamics.py --results_dir "${OUT}/dpo_m" \
+    --output_dir "${OUT}/figures/probes"
+
+banner "summary"
+python analysis/summarize_results.py --results_dir "${RESULTS}"
+echo
+echo "answer accuracy (share of exact final answers):"
+for run in base sft_f sft_r sft_m dpo_m; do
+    printf '  %-6s %s\n' "${run}" "$(cat "${OUT}/answers/${run}/accuracy.json" | tr -d '\n ')"
+done
+echo
+echo "figures:"
+find "${OUT}/figures" -name '*.png' | sort | sed 's/^/  /'
+echo
+echo "quickstart finished in $(( $(date +%s) - started )) s; outputs in ${OUT}"
