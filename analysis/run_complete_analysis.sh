@@ -13,6 +13,7 @@ BASE_MODEL="${BASE_MODEL:-./models/your_base_model}"
 SFT_DIR="${SFT_DIR:-./outputs/sft}"             # <epoch>/ checkpoint folders
 DPO_DIR="${DPO_DIR:-./outputs/dpo}"             # final adapter + checkpoint-<step>/ folders
 DPO_MODEL="${DPO_MODEL:-${DPO_DIR}}"            # the model scored on its own (final DPO output)
+DPO_BASE_MODEL="${DPO_BASE_MODEL:-${BASE_MODEL}}"  # what DPO's adapters sit on: the SFT model if DPO started from it
 DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/analysis}"
 TRAIN_SET="${TRAIN_SET:-m}"                     # f (forward), r (reverse) or m (mixed) training data
@@ -23,7 +24,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export BASE_MODEL DATASET_PATH
 
 echo "== DPO model: ${DPO_MODEL}"
-MODEL_PATH="${DPO_MODEL}" REF_MODEL_PATH="${REF_MODEL_PATH}" \
+BASE_MODEL="${DPO_BASE_MODEL}" MODEL_PATH="${DPO_MODEL}" REF_MODEL_PATH="${REF_MODEL_PATH}" \
     OUTPUT_DIR="${OUTPUT_ROOT}/dpo_model" bash "${here}/run_dpo_analysis.sh"
 
 echo "== SFT training dynamics: ${SFT_DIR}"
@@ -31,7 +32,7 @@ CHECKPOINT_DIR="${SFT_DIR}" STAGE=sft INCLUDE_BASE="${INCLUDE_BASE:-1}" \
     OUTPUT_DIR="${OUTPUT_ROOT}/training_dynamics/${TRAIN_SET}/sft" bash "${here}/run_training_dynamics.sh"
 
 echo "== DPO training dynamics: ${DPO_DIR}"
-CHECKPOINT_DIR="${DPO_DIR}" STAGE=dpo INCLUDE_BASE=0 \
+BASE_MODEL="${DPO_BASE_MODEL}" CHECKPOINT_DIR="${DPO_DIR}" STAGE=dpo INCLUDE_BASE=0 \
     OUTPUT_DIR="${OUTPUT_ROOT}/training_dynamics/${TRAIN_SET}/dpo" bash "${here}/run_training_dynamics.sh"
 
 echo "done: ${OUTPUT_ROOT}"
