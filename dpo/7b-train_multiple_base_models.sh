@@ -57,7 +57,7 @@ for i in "${!models[@]}"; do
     fi
     echo "=== DPO ${name}: ${model} -> ${output_dir} (log: ${log_file})"
     # shellcheck disable=SC2086  # PRECISION_ARGS and EXTRA_ARGS are flag lists
-    if launch dpo/combined_dpo.py \
+    if run_logged "${log_file}" launch dpo/combined_dpo.py \
         --model_name "${model}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
         ${SAMPLE_TYPES:+--sample_types "${SAMPLE_TYPES}"} \
         --deepspeed "${DS_CONFIG}" ${PRECISION_ARGS} \
@@ -66,12 +66,9 @@ for i in "${!models[@]}"; do
         --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
         --max_prompt_length "${MAX_PROMPT_LENGTH}" --beta "${BETA}" \
         --lora_r "${LORA_R}" --lora_alpha "${LORA_ALPHA}" --lora_dropout 0.05 \
-        --save_steps "${SAVE_STEPS}" --logging_steps 1 ${EXTRA_ARGS} \
-        > "${log_file}" 2>&1; then
+        --save_steps "${SAVE_STEPS}" --logging_steps 1 ${EXTRA_ARGS}; then
         echo "    done"
     else
-        echo "    FAILED (exit $?): see ${log_file}" >&2
-        tail -n 20 "${log_file}" >&2
         failed+=("${name}")
     fi
     MASTER_PORT="$(free_port)"

@@ -47,6 +47,16 @@ launch() {
         --master_addr="${MASTER_ADDR}" --master_port="${MASTER_PORT}" "$@"
 }
 
+run_logged() {  # run_logged LOG_FILE COMMAND...: output to LOG_FILE; on failure show its tail
+    local log_file="$1"
+    shift
+    "$@" > "${log_file}" 2>&1 && return 0
+    local status=$?
+    echo "    FAILED (exit ${status}): see ${log_file}" >&2
+    tail -n 20 "${log_file}" >&2
+    return "${status}"
+}
+
 require_path() {  # require_path WHAT PATH: report a missing input and return non-zero
     if [[ ! -e "$2" ]]; then
         echo "error: $1 not found: $2" >&2

@@ -64,17 +64,14 @@ for train_set in ${TRAIN_SETS}; do
     log_file="${OUTPUT_ROOT%/}/logs/sft_${train_set}.log"
     echo "=== SFT D_${train_set} (${sample_types}) -> ${output_dir} (log: ${log_file})"
     # shellcheck disable=SC2086  # PRECISION_ARGS and EXTRA_ARGS are flag lists
-    if launch scripts/sft.py \
+    if run_logged "${log_file}" launch scripts/sft.py \
         --model_name "${MODEL_PATH}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
         --sample_types "${sample_types}" ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} \
         --num_train_epochs "${EPOCHS}" --learning_rate "${LR}" \
         --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
-        --max_prompt_length "${MAX_PROMPT_LENGTH}" ${EXTRA_ARGS} \
-        > "${log_file}" 2>&1; then
+        --max_prompt_length "${MAX_PROMPT_LENGTH}" ${EXTRA_ARGS}; then
         echo "    done: ${output_dir}/checkpoints/"
     else
-        echo "    FAILED (exit $?): see ${log_file}" >&2
-        tail -n 20 "${log_file}" >&2
         failed+=("${train_set}")
     fi
     MASTER_PORT="$(free_port)"
