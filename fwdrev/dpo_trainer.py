@@ -8,6 +8,7 @@ cached in OUTPUT_DIR, so full fine-tuning needs no second model either.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from contextlib import nullcontext
@@ -101,8 +102,6 @@ class DPOTrainer(Trainer):
         key_file = Path(self.args.output_dir) / REFERENCE_CACHE_KEY
         wanted_ids = {p.example_id for p in self._all_pairs()}
         if cache.is_file() and key_file.is_file():
-            import json
-
             cached = pd.read_parquet(cache).set_index("example_id")
             if json.loads(key_file.read_text()) == self.reference_key and wanted_ids <= set(cached.index):
                 logger.info("reference log-probs loaded from %s", cache)
