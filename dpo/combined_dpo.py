@@ -23,14 +23,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fwdrev.data import load_preference_data  # noqa: E402
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
-from fwdrev.tokenization import encode_examples  # noqa: E402
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
                              finish_distributed,
                              load_policy, load_training_tokenizer, parse_arguments,
-                             resolve_resume_checkpoint, run_cli, save_final_model,
-                             save_run_config, setup_logging, split_train_eval)
+                             prepare_training_data, resolve_resume_checkpoint, run_cli,
+                             save_final_model, setup_logging)
 
 logger = logging.getLogger("combined_dpo")
 
@@ -59,27 +57,15 @@ def main(argv=None):
         (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv)
     setup_logging(args)
     tokenizer = load_training_tokenizer(model_args)
-    data = load_preference_data(
-        data_args.train_file_path, data_args.prompt_field, data_args.chosen_field,
-        data_args.rejected_field, data_args.sample_types, data_args.drop_invalid_rows, tokenizer)
-    pairs = encode_examples(tokenizer, data.examples, data_args.max_length,
-                            data_args.max_prompt_length, data.report)
-    train_pairs, eval_pairs = split_train_eval(pairs, data_args.eval_size, args.seed)
-    logger.info("%s\n  train pairs: %d, eval pairs: %d", data.report.summary(), len(train_pairs),
-                len(eval_pairs))
-    if not eval_pairs:
-        args.eval_strategy = "no"
-    if args.process_index == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        save_run_config(args.output_dir, model_args, data_args, args)
-        data.report.save_json(os.path.join(args.output_dir, "data_report.json"))
+    data, train_pairs, eval_pairs = prepare_training_data(model_args, data_args, args, tokenizer)
+    num_pairs = len(train_pairs) + len(eval_pairs)
 
     model = load_policy(model_args, args)
     reference_key = {  # what the cached reference log-probs depend on
         "model_name": model_args.model_name, "init_adapter": model_args.init_adapter,
         "train_file_path": os.path.abspath(data_args.train_file_path),
         "sample_types": data_args.sample_types, "max_length": data_args.max_length,
-        "max_prompt_length": data_args.max_prompt_length, "num_pairs": len(pairs),
+        "max_prompt_length": data_args.max_prompt_length, "num_pairs": num_pairs,
     }
     callbacks = [MetricsCSVCallback()]
     if data_args.probe_every > 0:

@@ -15,11 +15,12 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from fwdrev.data import DataValidationError
+from fwdrev.data import DataValidationError, load_preference_data
 from fwdrev.io import atomic_path, write_json
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
                              pick_attn_implementation)
+from fwdrev.tokenization import encode_examples
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,31 @@ def split_train_eval(items: list, eval_size: float, seed: int) -> tuple[list, li
     held_out = set(order[:count])
     train = [item for i, item in enumerate(items) if i not in held_out]
     return train, [item for i, item in enumerate(items) if i in held_out]
+
+
+def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, training_args,
+                          tokenizer, with_rejected: bool = True):
+    """Load, validate, tokenize and split the training file; save the run config and data report.
+
+    Returns (data, train items, eval items); without eval items evaluation is switched off.
+    ``with_rejected=False`` reads the prompt and the chosen response only (SFT).
+    """
+    data = load_preference_data(
+        data_args.train_file_path, data_args.prompt_field, data_args.chosen_field,
+        data_args.rejected_field if with_rejected else None, data_args.sample_types,
+        data_args.drop_invalid_rows, tokenizer)
+    items = encode_examples(tokenizer, data.examples, data_args.max_length,
+                            data_args.max_prompt_length, data.report, include_rejected=with_rejected)
+    train_items, eval_items = split_train_eval(items, data_args.eval_size, training_args.seed)
+    logger.info("%s\n  train rows: %d, eval rows: %d", data.report.summary(), len(train_items),
+                len(eval_items))
+    if not eval_items:
+        training_args.eval_strategy = "no"
+    if training_args.process_index == 0:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        save_run_config(training_args.output_dir, model_args, data_args, training_args)
+        data.report.save_json(os.path.join(training_args.output_dir, "data_report.json"))
+    return data, train_items, eval_items
 
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:

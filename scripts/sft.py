@@ -28,15 +28,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from fwdrev.data import load_preference_data  # noqa: E402
 from fwdrev.dpo_trainer import PairDataset  # noqa: E402
 from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,  # noqa: E402
                         SFTDataArguments, SFTTrainer)
-from fwdrev.tokenization import encode_examples  # noqa: E402
-from fwdrev.training import (MetricsCSVCallback, finish_distributed, ModelArguments, load_policy,  # noqa: E402
-                             load_training_tokenizer, parse_arguments, resolve_resume_checkpoint,
-                             run_cli, save_final_model, save_run_config, setup_logging,
-                             split_train_eval)
+from fwdrev.training import (MetricsCSVCallback, ModelArguments, finish_distributed,  # noqa: E402
+                             load_policy, load_training_tokenizer, parse_arguments,
+                             prepare_training_data, resolve_resume_checkpoint, run_cli,
+                             save_final_model, setup_logging)
 
 logger = logging.getLogger("sft")
 
@@ -72,20 +70,8 @@ def main(argv=None):
         raise ValueError("SFT data has no rejected responses: --probe_every needs --probe_file "
                          "(a preference file)")
     tokenizer = load_training_tokenizer(model_args)
-    data = load_preference_data(  # rejected_field=None: SFT reads the prompt and one response
-        data_args.train_file_path, data_args.prompt_field, data_args.chosen_field, None,
-        data_args.sample_types, data_args.drop_invalid_rows, tokenizer)
-    examples = encode_examples(tokenizer, data.examples, data_args.max_length,
-                               data_args.max_prompt_length, data.report, include_rejected=False)
-    train_rows, eval_rows = split_train_eval(examples, data_args.eval_size, args.seed)
-    logger.info("%s\n  train rows: %d, eval rows: %d", data.report.summary(), len(train_rows),
-                len(eval_rows))
-    if not eval_rows:
-        args.eval_strategy = "no"
-    if args.process_index == 0:
-        os.makedirs(args.output_dir, exist_ok=True)
-        save_run_config(args.output_dir, model_args, data_args, args)
-        data.report.save_json(os.path.join(args.output_dir, "data_report.json"))
+    data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,
+                                                        with_rejected=False)
 
     model = load_policy(model_args, args)
     callbacks = [MetricsCSVCallback()]
