@@ -60,3 +60,13 @@ def torchrun_command(procs: int) -> list[str]:
 
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
             f"--master_port={free_port()}"]
+
+
+def load_script(folder: str, name: str):
+    """Import <folder>/<name>.py of the repo as a module, to call its functions in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,17 +1,15 @@
 """The analysis scripts end to end on the tiny model: tables, resume, sharding, launchers."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO_ROOT, script_env
+from conftest import REPO_ROOT, load_script, script_env
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
 from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS
@@ -21,17 +19,10 @@ NUM_ROWS = 12
 SCORE_TOLERANCE = dict(check_exact=False, rtol=1e-5, atol=1e-3)  # float32 sums of ~100 tokens
 
 
-def load_script(name: str):
-    """Import analysis/<name>.py as a module, to call its main(argv) in this process."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "analysis" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-analyze_dpo_model = load_script("analyze_dpo_model")
-analyze_training_dynamics = load_script("analyze_training_dynamics")
-evaluate_answers = load_script("evaluate_answers")
+analyze_dpo_model = load_script("analysis", "analyze_dpo_model")
+analyze_training_dynamics = load_script("analysis", "analyze_training_dynamics")
+evaluate_answers = load_script("analysis", "evaluate_answers")
 
 
 @pytest.fixture(scope="module")

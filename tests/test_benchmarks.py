@@ -1,24 +1,16 @@
 """Smoke-sized runs of the two benchmark scripts: the figures they print are sane."""
 
-import importlib.util
 import math
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import load_script
 
 
-def load_script(name: str):
-    """Import scripts/<name>.py as a module, to call its functions in this process."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-benchmark_logprobs = load_script("benchmark_logprobs")
-benchmark_dpo = load_script("benchmark_dpo")
+benchmark_logprobs = load_script("scripts", "benchmark_logprobs")
+benchmark_dpo = load_script("scripts", "benchmark_dpo")
 
 TINY_LOGPROBS = ["--seq_len", "48", "--vocab_size", "500", "--hidden_size", "16", "--chunk_sizes", "16",
                  "--loop_positions", "8", "--repeats", "1"]
