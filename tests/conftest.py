@@ -2,8 +2,17 @@
 
 from pathlib import Path
 
+import os
+
 import pandas as pd
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so CI is reproducible; run with
+# HYPOTHESIS_PROFILE=explore to draw fresh random examples (and ten times as many).
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real example lives outside the repo (../shared/data) and is never copied into it.
