@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
                              finish_distributed,
-                             load_policy, load_training_tokenizer, parse_arguments,
+                             load_policy, load_reference_model, load_training_tokenizer, parse_arguments,
                              prepare_training_data, resolve_resume_checkpoint, run_cli,
                              save_final_model, setup_logging)
 
@@ -61,7 +61,15 @@ def main(argv=None):
     num_pairs = len(train_pairs) + len(eval_pairs)
 
     model = load_policy(model_args, args)
+    # The reference is the initial policy: a fresh adapter switched off; otherwise (full
+    # fine-tuning, or continuing an SFT adapter) the policy before its first update, scored
+    # up front, or a frozen copy when nothing is precomputed.
+    adapter_off = model_args.use_lora and not model_args.init_adapter
+    ref_model = None
+    if not (adapter_off or args.precompute_ref_log_probs):
+        ref_model = load_reference_model(model_args, args)
     reference_key = {  # what the cached reference log-probs depend on
+        "reference": "adapter_off" if adapter_off else "initial_policy",
         "model_name": model_args.model_name, "init_adapter": model_args.init_adapter,
         "train_file_path": os.path.abspath(data_args.train_file_path),
         "sample_types": data_args.sample_types, "max_length": data_args.max_length,
@@ -78,8 +86,8 @@ def main(argv=None):
         model=model, args=args, train_dataset=PairDataset(train_pairs),
         eval_dataset=PairDataset(eval_pairs) if eval_pairs else None,
         data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=callbacks, reference_key=reference_key,
-        use_lora=model_args.use_lora or bool(model_args.init_adapter))
+        callbacks=callbacks, reference_key=reference_key, reference_disables_adapter=adapter_off,
+        ref_model=ref_model)
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(args.resume_from_checkpoint,
                                                                    args.output_dir))
     save_final_model(trainer, model_args, tokenizer)

@@ -1,13 +1,16 @@
 """LoRA-DPO on top of ``transformers.Trainer``: our loss, reference log-probs and metrics.
 
 Chosen and rejected sequences of a batch go through the model in one forward pass (the batch
-holds the B chosen then the B rejected). The reference model is the same network with the
-LoRA adapter disabled; by default its log-probs are computed once before the first update and
-cached in OUTPUT_DIR, so full fine-tuning needs no second model either.
+holds the B chosen then the B rejected). The reference is the initial policy. For a fresh LoRA
+adapter that is the same network with the adapter disabled. Otherwise (full fine-tuning, or a
+run that continues an SFT adapter) it is the policy itself before its first update: by default
+every reference log-prob is computed once, before training, and cached in OUTPUT_DIR, so no
+second model is needed; without precomputing, a separate frozen ``ref_model`` is used.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections import defaultdict
@@ -68,19 +71,51 @@ class PairCollator:
         return collate_pairs(pairs, self.pad_token_id)
 
 
-class DPOTrainer(Trainer):
-    """``Trainer`` with the DPO loss; ``reference_key`` identifies the cached reference log-probs."""
+def prepare_deepspeed_reference(model, accelerator):
+    """Wrap a frozen reference model in a DeepSpeed engine without optimizer (as TRL does).
 
-    def __init__(self, *args, reference_key: dict | None = None, use_lora: bool = True, **kwargs):
+    Under ZeRO-3 the reference stays sharded like the policy; otherwise it is replicated.
+    """
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    zero = config.setdefault("zero_optimization", {})
+    zero.pop("offload_optimizer", None)
+    if zero.get("stage") != 3:
+        zero["stage"] = 0
+    hidden = model.config.hidden_size
+    sizes = {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+             "stage3_param_persistence_threshold": 10 * hidden}
+    zero.update({key: value for key, value in sizes.items() if zero.get(key) == "auto"})
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval() returns None
+    return engine
+
+
+class DPOTrainer(Trainer):
+    """``Trainer`` with the DPO loss.
+
+    ``reference_disables_adapter``: the reference is the policy with its (fresh) LoRA adapter
+    disabled; otherwise it is the initial policy, precomputed, or ``ref_model`` (frozen).
+    ``reference_key`` identifies the cached reference log-probs.
+    """
+
+    def __init__(self, *args, reference_key: dict | None = None, reference_disables_adapter: bool = True,
+                 ref_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = False  # our loss is a batch mean: let Trainer divide by GA steps
         self.reference_key = reference_key or {}
-        self.use_lora = use_lora
+        self.reference_disables_adapter = reference_disables_adapter and ref_model is None
+        self.ref_model = ref_model
+        self._ref_model_prepared = False
         self.reference_logps: pd.DataFrame | None = None  # indexed by example_id
         self._stored_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        if not self.args.precompute_ref_log_probs and not use_lora:
-            raise ValueError("full fine-tuning (--no_use_lora) needs --precompute_ref_log_probs: the "
-                             "reference log-probs come from the initial policy before its first update")
+        if not (self.args.precompute_ref_log_probs or self.reference_disables_adapter
+                or ref_model is not None):
+            raise ValueError("without --precompute_ref_log_probs the initial policy must be kept as a "
+                             "separate frozen ref_model")
 
     # ---- reference log-probs -------------------------------------------------------------
     def _all_pairs(self) -> list[TokenizedPair]:
@@ -89,10 +124,18 @@ class DPOTrainer(Trainer):
             pairs += list(self.eval_dataset.pairs)
         return pairs
 
-    def _reference_context(self, model):
-        """Adapter disabled = the base model; with full fine-tuning, the untouched initial policy."""
-        unwrapped = unwrap_causal_lm(model)
-        return unwrapped.disable_adapter() if self.use_lora else nullcontext()
+    def _reference_model(self, model):
+        """The model to score the reference with, and the context to score it in."""
+        if self.ref_model is None:
+            adapter_off = self.reference_disables_adapter
+            return model, unwrap_causal_lm(model).disable_adapter() if adapter_off else nullcontext()
+        if not self._ref_model_prepared:  # after deepspeed_init, which fills the config's "auto"s
+            if self.is_deepspeed_enabled:
+                self.ref_model = prepare_deepspeed_reference(self.ref_model, self.accelerator)
+            else:
+                self.ref_model = self.ref_model.to(self.args.device)
+            self._ref_model_prepared = True
+        return self.ref_model, nullcontext()
 
     def ensure_reference_logps(self, model) -> None:
         """Load the cached reference log-probs or compute them (every rank takes part)."""
@@ -107,9 +150,9 @@ class DPOTrainer(Trainer):
                 logger.info("reference log-probs loaded from %s", cache)
                 self.reference_logps = cached
                 return
-        if self.state.global_step > 0 and not self.use_lora:
-            raise RuntimeError(f"{cache} is missing or stale, and the initial policy of this full "
-                               "fine-tuning run is gone: cannot resume")
+        if self.state.global_step > 0 and not self.reference_disables_adapter and self.ref_model is None:
+            raise RuntimeError(f"{cache} is missing or stale, and the initial policy it was computed "
+                               "from has been trained since: cannot resume")
         frame = self._compute_reference_logps(model)
         if self.args.process_index == 0:
             write_table(frame.reset_index(), cache)
@@ -130,12 +173,13 @@ class DPOTrainer(Trainer):
         collator = PairCollator(self.processing_class.pad_token_id)
         rows = []
         was_training = model.training
-        model.eval()
-        with self._reference_context(model):
+        model.eval()  # no LoRA dropout in the initial policy's scores
+        reference, context = self._reference_model(model)
+        with context:
             for start in tqdm(range(0, per_rank, batch_size), desc="reference log-probs",
                               disable=rank != 0):
                 batch = collator(shard[start : start + batch_size])
-                out = self._sequence_logprobs(model, batch)
+                out = self._sequence_logprobs(reference, batch)
                 n = len(batch["example_ids"])
                 for i, example_id in enumerate(batch["example_ids"].tolist()):
                     rows.append((example_id, out.sum[i].item(), out.sum[n + i].item(),
@@ -157,8 +201,9 @@ class DPOTrainer(Trainer):
             device = batch["input_ids"].device
             return (torch.tensor(ref[f"chosen_logp_{stat}"].to_numpy(), device=device),
                     torch.tensor(ref[f"rejected_logp_{stat}"].to_numpy(), device=device))
-        with torch.no_grad(), self._reference_context(model):
-            out = self._sequence_logprobs(model, batch)
+        reference, context = self._reference_model(model)
+        with torch.no_grad(), context:
+            out = self._sequence_logprobs(reference, batch)
         values = out.mean if averaged else out.sum
         n = len(batch["example_ids"])
         return values[:n], values[n:]

@@ -97,11 +97,15 @@ def run_cli(main) -> None:
         raise SystemExit(2)
 
 
-def load_policy(model_args: ModelArguments, training_args):
-    """Load the model to train (after the TrainingArguments, see ``parse_arguments``)."""
+def _load_base_model(model_args: ModelArguments, training_args):
     attn = pick_attn_implementation(model_args.use_flash_attention)
     dtype = default_dtype(training_args.bf16, training_args.fp16)
-    model = load_causal_lm(model_args.model_name, dtype, attn, model_args.trust_remote_code)
+    return load_causal_lm(model_args.model_name, dtype, attn, model_args.trust_remote_code)
+
+
+def load_policy(model_args: ModelArguments, training_args):
+    """Load the model to train (after the TrainingArguments, see ``parse_arguments``)."""
+    model = _load_base_model(model_args, training_args)
     # --gradient_checkpointing is transformers 5's deprecated alias of --activation_checkpointing
     if training_args.activation_checkpointing:
         model.config.use_cache = False
@@ -117,6 +121,18 @@ def load_policy(model_args: ModelArguments, training_args):
                                   model_args.lora_target_modules)
         return add_lora(model, config, training_args.seed)
     return model
+
+
+def load_reference_model(model_args: ModelArguments, training_args):
+    """A frozen copy of the initial policy: the base model, with ``init_adapter`` applied if given.
+
+    Only needed when the reference log-probs are computed during training and the reference is
+    not the policy with its adapter switched off (full fine-tuning, or DPO from an SFT adapter).
+    """
+    model = _load_base_model(model_args, training_args)
+    if model_args.init_adapter:
+        model = load_adapter(model, model_args.init_adapter)
+    return model.requires_grad_(False).eval()
 
 
 def split_train_eval(items: list, eval_size: float, seed: int) -> tuple[list, list]:

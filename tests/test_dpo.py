@@ -190,6 +190,28 @@ def test_zero3_two_processes_with_merge(tiny_model_dir, tmp_path):
         assert torch.allclose(merged.eval()(ids).logits, adapter(ids).logits, atol=1e-4)
 
 
+def train_losses(output_dir) -> pd.DataFrame:
+    return pd.read_csv(Path(output_dir) / "metrics.csv").dropna(subset=["loss"]).set_index("step")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [1, 2], ids=["single", "zero3"])
+def test_full_finetuning_reference_precomputed_or_frozen_copy_agree(tiny_model_dir, tmp_path, procs):
+    """Full fine-tuning: the reference is the initial policy, scored up front (default) or kept
+    as a separate frozen model (--no_precompute_ref_log_probs; under ZeRO-3 its own engine)."""
+    run = ["--no_use_lora", "--max_steps", "3", "--eval_steps", "3", "--save_steps", "100"]
+    if procs > 1:
+        run += ["--deepspeed", str(REPO_ROOT / "configs" / "ds_config_zero3_cpu.json")]
+    run_dpo(tiny_model_dir, tmp_path / "precomputed", *run, procs=procs)
+    run_dpo(tiny_model_dir, tmp_path / "frozen", *run, "--no_precompute_ref_log_probs", procs=procs)
+    assert not (tmp_path / "frozen" / "reference_logps.parquet").exists()
+    precomputed, frozen = train_losses(tmp_path / "precomputed"), train_losses(tmp_path / "frozen")
+    assert precomputed.loc[1, "loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
+    assert precomputed.loc[3, "rewards/margins"] != pytest.approx(0.0, abs=1e-3)  # the policy moved
+    for column in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins"]:
+        assert frozen[column].to_numpy() == pytest.approx(precomputed[column].to_numpy(), abs=1e-4)
+
+
 @pytest.mark.slow
 def test_launcher_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
     env = script_env(MODEL_PATHS=f"{tiny_model_dir} {tmp_path / 'missing_model'}", DATA_PATH=SAMPLE,
