@@ -1,6 +1,5 @@
 """The quickstart end to end with reduced sizes: tables, figures, and the studied effect."""
 
-import os
 import subprocess
 
 import pandas as pd
