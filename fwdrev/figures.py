@@ -342,6 +342,7 @@ DEFAULT_COLORS = {"ff": "#1f5fa8", "rr": "#c0392b", "fr": "#2e8b57", "rf": "#8e4
 DEFAULT_MARKERS = {"y+": "o", "y-": "v", "delta": "s"}
 STAGE_STYLE = {"sft": "-", "dpo": "--"}
 BAND_COLOR = "#f2d98c"
+DEFAULT_SHARE = 0.25
 
 
 class PaperFigure(NamedTuple):
@@ -376,6 +377,8 @@ def default_focus(deltas, vmin: float, vmax: float) -> tuple[float, float]:
     if hi - lo < 0.002 * (vmax - vmin):  # a single point or a flat series
         lo, hi = lo - 0.01 * (vmax - vmin), hi + 0.01 * (vmax - vmin)
     a, b = nice_bounds(lo, hi, margin=0.15, max_steps=5)
+    if b - a > 1.3 * 1.3 * (hi - lo):  # coarse rounding widened the padded band 1.3x: round finer
+        a, b = nice_bounds(lo, hi, margin=0.15, max_steps=10)
     # Strictly inside the limits so the scale stays valid.
     eps = 1e-3 * (vmax - vmin)
     return max(a, vmin + eps), min(b, vmax - eps)
@@ -407,19 +410,28 @@ def _draw(ax, pts, x_offset, pair, stage, name, style, label):
     return line
 
 
-def _stage_axis(ax, n_sft: int, n_dpo: int):
-    """x ticks 1..E for SFT and 1..K for DPO (placed after SFT), divider and stage labels."""
-    sft_x, dpo_x = np.arange(1, n_sft + 1), np.arange(n_sft + 1, n_sft + n_dpo + 1)
+def _stage_axis(ax, sft_epochs, dpo_epochs, n_sft: int | None = None):
+    """SFT epoch e at x = e, DPO checkpoint k at x = n_sft + k; divider and stage labels.
+
+    Epoch 0 (the base model, ``--include_base``) gets its own tick; a DPO checkpoint 0 (the
+    model DPO started from) shares the last SFT epoch's position.
+    """
+    sft_epochs, dpo_epochs = sorted({int(e) for e in sft_epochs}), sorted({int(k) for k in dpo_epochs})
+    n_sft = max(sft_epochs, default=0) if n_sft is None else n_sft
+    dpo_epochs_own_tick = [k for k in dpo_epochs if n_sft + k not in sft_epochs]
+    sft_x = np.array(sft_epochs, dtype=float)
+    dpo_x = n_sft + np.array(dpo_epochs_own_tick, dtype=float)
     ax.set_xticks(np.concatenate([sft_x, dpo_x]))
-    ax.set_xticklabels([str(i) for i in range(1, n_sft + 1)] + [str(i) for i in range(1, n_dpo + 1)])
-    if n_sft and n_dpo:
+    ax.set_xticklabels([str(e) for e in sft_epochs] + [str(k) for k in dpo_epochs_own_tick])
+    if sft_epochs and dpo_epochs:
         ax.axvline(n_sft + 0.5, color="0.35", linestyle=":", linewidth=1.0, zorder=1, gid="sft-dpo-divider")
     for xs, text in ((sft_x, "SFT epoch"), (dpo_x, "DPO checkpoint")):
         if len(xs):  # one x label centred under each stage
             ax.annotate(text, xy=(xs.mean(), 0), xycoords=ax.get_xaxis_transform(), xytext=(0, -14),
                         textcoords="offset points", ha="center", va="top",
                         fontsize=mpl.rcParams["axes.labelsize"])
-    ax.set_xlim(0.5, n_sft + n_dpo + 0.5)
+    positions = np.concatenate([sft_x, n_sft + np.array(dpo_epochs, dtype=float)])
+    ax.set_xlim(positions.min() - 0.5, positions.max() + 0.5)
 
 
 def _legend_below(legend_ax, ax):
@@ -435,8 +447,12 @@ def _no_data(ax, text):
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
+def _epochs(tables) -> set[int]:
+    return {int(e) for t in tables for e in t["epoch"]}
+
+
 def _max_epoch(tables) -> int:
-    return int(max((t["epoch"].max() for t in tables if not t.empty), default=0))
+    return max(_epochs(tables), default=0)
 
 
 def _panel_a(ax, series, style, notes):
@@ -451,7 +467,7 @@ def _panel_a(ax, series, style, notes):
             _draw(ax, pts, 0, pair, "sft", name, style, series_label(pair[0], pair[1], name))
             epochs |= set(pts["epoch"])
     if epochs:
-        _stage_axis(ax, int(max(epochs)), 0)  # same x labelling as panels (b) and (c)
+        _stage_axis(ax, epochs, [])  # same x labelling as panels (b) and (c)
     else:
         _no_data(ax, "no D_f / D_r SFT values")
 
@@ -459,17 +475,18 @@ def _panel_a(ax, series, style, notes):
 def _panel_b(ax, series, style, notes, key_band) -> tuple[int, tuple | None]:
     """Mixed data through SFT, then DPO checkpoints continuing on the same x axis."""
     stages = {st: {n: _points(series, "m", "m", st, n) for n in ("y+", "y-")} for st in STAGES}
-    n_sft, n_dpo = _max_epoch(stages["sft"].values()), _max_epoch(stages["dpo"].values())
+    n_sft = _max_epoch(stages["sft"].values())
     for stage, offset in (("sft", 0), ("dpo", n_sft)):
         for name, pts in stages[stage].items():
             if pts.empty:
                 notes.append(f"(b) skipped mm {stage} {name}: no values")
                 continue
             _draw(ax, pts, offset, "mm", stage, name, style, series_label("m", "m", name, stage))
-    if not (n_sft or n_dpo):
+    sft_epochs, dpo_epochs = _epochs(stages["sft"].values()), _epochs(stages["dpo"].values())
+    if not (sft_epochs or dpo_epochs):
         _no_data(ax, "no D_m T_m values")
         return 0, None
-    _stage_axis(ax, n_sft, n_dpo)
+    _stage_axis(ax, sft_epochs, dpo_epochs)
     if key_band is None:  # where y+ and y- settle: DPO, else the last SFT epoch
         tail = [p for p in stages["dpo"].values() if not p.empty]
         tail = tail or [p[p.epoch == p.epoch.max()] for p in stages["sft"].values() if not p.empty]
@@ -484,7 +501,6 @@ def _panel_c(ax, series, style, notes, n_sft_mm, focus, share, ylim) -> dict:
     """Gaps on the wider-middle scale; focus band around the mixed-data deltas."""
     deltas = series[series.series == "delta"]
     n_sft = max(_max_epoch([deltas[deltas.stage == "sft"]]), n_sft_mm)
-    n_dpo = 0
     plotted = []
     for pair, stage in (("ff", "sft"), ("rr", "sft"), ("fr", "sft"), ("rf", "sft"), ("mm", "sft"), ("mm", "dpo")):
         pts = _points(series, pair[0], pair[1], stage, "delta")
@@ -493,8 +509,7 @@ def _panel_c(ax, series, style, notes, n_sft_mm, focus, share, ylim) -> dict:
             continue
         label = series_label(pair[0], pair[1], None, stage if pair == "mm" else None)
         _draw(ax, pts, n_sft if stage == "dpo" else 0, pair, stage, "delta", style, label)
-        n_dpo = max(n_dpo, _max_epoch([pts])) if stage == "dpo" else n_dpo
-        plotted.append(pts.assign(pair=pair))
+        plotted.append(pts.assign(pair=pair, stage=stage))
     if not plotted:
         _no_data(ax, "no delta values")
         return {}
@@ -506,10 +521,17 @@ def _panel_c(ax, series, style, notes, n_sft_mm, focus, share, ylim) -> dict:
     if focus is None:
         focus = default_focus(values.loc[values.pair == "mm", "value"], vmin, vmax)
         notes.append(f"(c) focus band derived from D_m T_m deltas: [{focus[0]:.4g}, {focus[1]:.4g}]")
+    linear_share = (focus[1] - focus[0]) / (vmax - vmin)  # what a linear axis would give it
+    if share is None:  # widen the focus at least 1.5x, and leave the outer pieces a quarter
+        share = min(0.75, max(DEFAULT_SHARE, 1.5 * linear_share))
+    elif share <= linear_share:
+        notes.append(f"(c) the focus band spans {linear_share:.0%} of the data range but gets "
+                     f"share {share:.0%} of the axis: it is compressed, not widened")
     ax.set_yscale("wider_middle", vmin=vmin, vmax=vmax, focus=focus, share=share)
     ax.set_ylim(vmin, vmax)
     ax.axhspan(*focus, color=BAND_COLOR, alpha=0.35, linewidth=0, zorder=0, gid="focus-band")
-    _stage_axis(ax, n_sft, n_dpo)
+    _stage_axis(ax, values.loc[values.stage == "sft", "epoch"], values.loc[values.stage == "dpo", "epoch"],
+                n_sft)
     return {"focus": tuple(focus), "share": share, "ylim_c": (vmin, vmax)}
 
 
@@ -517,7 +539,7 @@ def plot_paper_figure(
     series: pd.DataFrame,
     *,
     focus: tuple[float, float] | None = None,
-    share: float = 0.25,
+    share: float | None = None,
     ylim_a: tuple[float, float] | None = None,
     ylim_b: tuple[float, float] | None = None,
     ylim_c: tuple[float, float] | None = None,
@@ -530,7 +552,7 @@ def plot_paper_figure(
     through SFT and DPO with its key band, (c) the gaps on the wider-middle scale.
 
     Defaults come from the data: (c) limits from the delta range, focus band around the
-    D_m T_m deltas, (b) key band = y-range of y+ and y- over DPO (else the last SFT epoch).
+    D_m T_m deltas with ``share`` 0.25 of the axis (more if that would not widen it), (b) key band = y-range of y+ and y- over DPO (else the last SFT epoch).
     Missing series are skipped and listed in ``notes``. Call inside :func:`paper_style`.
     """
     series = complete_deltas(validate_series(series))

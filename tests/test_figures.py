@@ -219,6 +219,45 @@ def test_paper_figure_without_dpo_has_no_divider_and_uses_given_options():
     plt.close(result.fig)
 
 
+def _tidy(deltas: dict, y_plus: float = -1.0) -> pd.DataFrame:
+    """Tidy series from {(train, test, stage): [delta per epoch from first_epoch]}; y- = y+ - delta."""
+    rows = []
+    for (train, test, stage, first_epoch), values in deltas.items():
+        for epoch, delta in enumerate(values, start=first_epoch):
+            rows += [(train, test, stage, epoch, "y+", y_plus), (train, test, stage, epoch, "y-", y_plus - delta)]
+    return pd.DataFrame(rows, columns=figures.TIDY_COLUMNS)
+
+
+def test_default_share_widens_even_a_wide_focus_band():
+    # Mixed deltas spread over half the range (as in the quickstart): a fixed 25% share would
+    # squeeze that band instead of widening it.
+    series = _tidy({("f", "f", "sft", 1): [0.6, 1.0, 1.3], ("r", "f", "sft", 1): [-0.6, -1.0, -1.4],
+                    ("m", "m", "sft", 1): [0.0, 0.1, 0.2], ("m", "m", "dpo", 1): [0.4, 0.6, 0.8]})
+    result = figures.plot_paper_figure(series)
+    (a, b), (vmin, vmax) = result.settings["focus"], result.settings["ylim_c"]
+    assert a <= 0.0 and b >= 0.8 and b - a <= 1.3 * 1.3 * 0.8  # around the D_m deltas, not coarsely rounded
+    assert result.settings["share"] >= 1.5 * (b - a) / (vmax - vmin)
+    plt.close(result.fig)
+    squeezed = figures.plot_paper_figure(series, share=0.25)  # asked for: kept, and said
+    assert squeezed.settings["share"] == 0.25
+    assert any("compressed, not widened" in note for note in squeezed.notes)
+    plt.close(squeezed.fig)
+
+
+def test_base_model_epoch_0_is_drawn_inside_every_panel():
+    series = _tidy({("f", "f", "sft", 0): [0.0, 0.6, 1.0], ("r", "r", "sft", 0): [0.0, 0.6, 1.1],
+                    ("m", "m", "sft", 0): [0.0, 0.05, 0.07], ("m", "m", "dpo", 1): [0.08, 0.09]})
+    result = figures.plot_paper_figure(series)
+    for ax in result.axes:
+        low, high = ax.get_xlim()
+        positions = np.concatenate([line.get_xdata() for line in ax.lines if ":" in str(line.get_gid())])
+        assert low < positions.min() == 0 and positions.max() < high
+        assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["0", "1", "2"]
+    x, _ = _line_values(result.axes[2])["mm:dpo:delta"]
+    assert list(x) == [3, 4]  # DPO checkpoints continue after the last SFT epoch (2)
+    plt.close(result.fig)
+
+
 def _line_color(ax, gid):
     return next(ln.get_color() for ln in ax.lines if ln.get_gid() == gid)
 
@@ -237,9 +276,14 @@ def test_cli_rejects_bad_input(tmp_path):
     assert _run(PAPER_SCRIPT, "--paper", "--results_dir", tmp_path).returncode == 2  # two inputs
     proc = _run(PAPER_SCRIPT, "--paper", "--colors", "mm", "--output_stem", tmp_path / "x")
     assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr
-    if shutil.which("latex") is None:
-        proc = _run(PAPER_SCRIPT, "--paper", "--usetex", "--output_stem", tmp_path / "x")
-        assert proc.returncode == 2 and "LaTeX" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("latex") is not None, reason="LaTeX is installed here")
+def test_usetex_without_latex_falls_back_to_mathtext_with_a_warning(tmp_path):
+    proc = _run(PAPER_SCRIPT, "--paper", "--usetex", "--dpi", "100", "--output_stem", tmp_path / "x")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --usetex" in proc.stderr and "mathtext" in proc.stderr
+    assert (tmp_path / "x.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 # ---------------------------------------------------------------- training dynamics

@@ -49,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subset", default="all", help="table name under --results_dir (all, first50, last50)")
     p.add_argument("--metric", default="logp_mean_first_k", help="analysis column suffix for y+/y-/delta")
     p.add_argument("--focus", nargs=2, type=float, metavar=("A", "B"), help="focus interval of panel (c)")
-    p.add_argument("--share", type=float, default=0.25, help="share of panel (c)'s axis given to the focus")
+    p.add_argument("--share", type=float, default=None,
+                   help="share of panel (c)'s axis given to the focus (default 0.25, more when the "
+                        "focus is wide, so that it is always widened)")
     p.add_argument("--ylim_a", nargs=2, type=float, metavar=("LO", "HI"))
     p.add_argument("--ylim_b", nargs=2, type=float, metavar=("LO", "HI"))
     p.add_argument("--ylim_c", nargs=2, type=float, metavar=("VMIN", "VMAX"),
@@ -61,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--markers", nargs="*", default=[], metavar="SERIES=MARKER", help="e.g. y+=o y-=v delta=s")
     p.add_argument("--output_stem", default="outputs/figures/wider_middle")
     p.add_argument("--dpi", type=int, default=400)
-    p.add_argument("--usetex", action="store_true", help="render text with a LaTeX install")
+    p.add_argument("--usetex", action="store_true", help="render text with LaTeX (mathtext, with a warning, when no LaTeX is installed)")
     p.add_argument("--label", default="fig:wider_middle", help=r"\label of the .tex snippet")
     args = p.parse_args(argv)
     try:
@@ -70,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     except argparse.ArgumentTypeError as err:
         p.error(str(err))
     if args.usetex and not (shutil.which("latex") and shutil.which("dvipng")):
-        p.error("--usetex needs a LaTeX install: 'latex' and 'dvipng' must be on PATH "
-                "(drop --usetex to use matplotlib's mathtext)")
+        print("warning: --usetex: 'latex' and 'dvipng' are not both on PATH; using matplotlib's "
+              "mathtext instead", file=sys.stderr)
+        args.usetex = False
     return args
 
 
