@@ -6,7 +6,7 @@
 #   the paper's figures from these results; a summary table.
 # Every stage runs the same scripts and distributed path (torchrun, DeepSpeed ZeRO-3) as a GPU
 # run, only small. Usage: bash scripts/quickstart.sh   (sizes below, overridable by environment)
-set -euo pipefail
+set -Eeuo pipefail  # -E: the ERR trap below also fires inside functions (launch, run_logged)
 
 # ---- paths and sizes ------------------------------------------------------------------------
 QUICKSTART_OUT="${QUICKSTART_OUT:-./outputs/quickstart}"
@@ -56,6 +56,9 @@ COMMON=(--max_length "${MAX_LENGTH}" --max_prompt_length 128 --lora_r "${LORA_R}
 banner "setup: tiny model and data"
 if [[ ! -f "${MODEL_DIR}/config.json" ]]; then
     python scripts/make_tiny_model.py --output_dir "${MODEL_DIR}"
+fi
+if [[ "${SOURCE_DATA}" == r1k.parquet && ! -f r1k.parquet ]]; then  # the shipped set, regenerated
+    python scripts/make_sample_data.py --num_rows 1000 --seed 0 --output r1k.parquet
 fi
 python scripts/prepare_data.py --input "${SOURCE_DATA}" --output_dir "${DATA}" \
     --test_groups "${TEST_PROBLEMS}" --train_groups "${TRAIN_PROBLEMS}"

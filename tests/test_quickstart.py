@@ -30,3 +30,13 @@ def test_quickstart_small(tmp_path, tiny_model_dir):
     assert "T_f delta" in result.stdout and "quickstart finished" in result.stdout
     tables = pd.read_parquet(out / "analysis" / "f" / "sft" / "all.parquet")
     assert sorted(tables["epoch"].unique()) == [1, 2] and len(tables) == 2 * 20
+
+
+def test_quickstart_names_the_failing_stage(tmp_path, tiny_model_dir):
+    env = script_env(QUICKSTART_OUT=tmp_path / "out", MODEL_DIR=tiny_model_dir, DS_CONFIG=tmp_path / "missing.json")
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "quickstart.sh")], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    # the failure happens inside the torchrun launch function: the ERR trap must still fire
+    assert result.returncode != 0
+    assert "quickstart FAILED in stage: SFT on D_f" in result.stderr
+    assert not (tmp_path / "out" / "sft_f" / "checkpoints").exists()
