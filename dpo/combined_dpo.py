@@ -23,11 +23,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
                              finish_distributed,
                              load_policy, load_reference_model, load_training_tokenizer, parse_arguments,
-                             prepare_training_data, resolve_resume_checkpoint, run_cli,
+                             prepare_training_data, resolve_resume_checkpoint,
                              save_final_model, setup_logging)
 
 logger = logging.getLogger("combined_dpo")
@@ -81,7 +82,8 @@ def main(argv=None):
 
         sample_types = {e.example_id: e.sample_type for e in data.examples}
         callbacks.append(build_probe_callback(data_args, tokenizer, train_pairs, eval_pairs,
-                                              args.output_dir, sample_types=sample_types))
+                                              args.output_dir, sample_types=sample_types,
+                                              chunk_size=args.logprob_chunk_size))
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=PairDataset(train_pairs),
         eval_dataset=PairDataset(eval_pairs) if eval_pairs else None,

@@ -16,7 +16,7 @@ from typing import Mapping
 import pandas as pd
 from transformers import TrainerCallback
 
-from fwdrev.data import load_preference_data, read_table
+from fwdrev.data import DataValidationError, load_preference_data, read_table
 from fwdrev.io import write_table
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE
 from fwdrev.scoring import score_pairs
@@ -102,14 +102,16 @@ def build_probe_callback(data_args, tokenizer, train_pairs: list[TokenizedPair],
                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> LogprobProbeCallback:
     """The probe callback from the trainers' data flags (``probe_file/probe_every/probe_size``).
 
-    With ``data_args.probe_file``: all its rows, loaded and truncated like the training data,
-    as split "probe". Otherwise a seeded sample of ``probe_size`` train and eval pairs.
+    With ``data_args.probe_file``: all its rows (whatever ``--sample_types`` trains on, so a
+    forward-only run is also probed on reverse questions), loaded and truncated like the
+    training data, as split "probe". Otherwise a seeded sample of ``probe_size`` train and
+    eval pairs.
     ``sample_types`` (example_id -> sample_type) defaults to the training file's column.
     """
     if data_args.probe_file:
         data = load_preference_data(data_args.probe_file, data_args.prompt_field,
                                     data_args.chosen_field, data_args.rejected_field,
-                                    data_args.sample_types, data_args.drop_invalid_rows, tokenizer)
+                                    None, data_args.drop_invalid_rows, tokenizer)
         probe_pairs = {"probe": encode_examples(tokenizer, data.examples, data_args.max_length,
                                                 data_args.max_prompt_length)}
         sample_types = {e.example_id: e.sample_type for e in data.examples}
@@ -119,6 +121,23 @@ def build_probe_callback(data_args, tokenizer, train_pairs: list[TokenizedPair],
             sample_types = sample_types_of_file(data_args.train_file_path)
     return LogprobProbeCallback(probe_pairs, output_dir, data_args.probe_every,
                                 tokenizer.pad_token_id, sample_types, batch_size, chunk_size)
+
+
+def preference_pairs_of_rows(data_args, tokenizer, *row_sets: list[TokenizedPair]) -> list[list[TokenizedPair]]:
+    """The (y+, y-) pairs of the training file's rows in each of ``row_sets`` (SFT rows carry y+ only).
+
+    For SFT probes without ``--probe_file``: the same rows, now with ``rejected_field``.
+    """
+    try:
+        data = load_preference_data(data_args.train_file_path, data_args.prompt_field,
+                                    data_args.chosen_field, data_args.rejected_field,
+                                    data_args.sample_types, data_args.drop_invalid_rows, tokenizer)
+    except DataValidationError as error:
+        raise DataValidationError(f"{error}\n--probe_every scores y+ and y-: give a preference "
+                                  "file with --probe_file") from None
+    by_id = {p.example_id: p for p in encode_examples(tokenizer, data.examples, data_args.max_length,
+                                                       data_args.max_prompt_length)}
+    return [[by_id[row.example_id] for row in rows if row.example_id in by_id] for rows in row_sets]
 
 
 def sample_types_of_file(path) -> dict[int, str]:

@@ -28,12 +28,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import PairDataset  # noqa: E402
 from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,  # noqa: E402
                         SFTDataArguments, SFTTrainer)
 from fwdrev.training import (MetricsCSVCallback, ModelArguments, finish_distributed,  # noqa: E402
                              load_policy, load_training_tokenizer, parse_arguments,
-                             prepare_training_data, resolve_resume_checkpoint, run_cli,
+                             prepare_training_data, resolve_resume_checkpoint,
                              save_final_model, setup_logging)
 
 logger = logging.getLogger("sft")
@@ -66,9 +67,6 @@ def main(argv=None):
     model_args, data_args, args = parse_arguments(
         (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv)
     setup_logging(args)
-    if data_args.probe_every > 0 and not data_args.probe_file:
-        raise ValueError("SFT data has no rejected responses: --probe_every needs --probe_file "
-                         "(a preference file)")
     tokenizer = load_training_tokenizer(model_args)
     data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,
                                                         with_rejected=False)
@@ -76,9 +74,12 @@ def main(argv=None):
     model = load_policy(model_args, args)
     callbacks = [MetricsCSVCallback()]
     if data_args.probe_every > 0:
-        from fwdrev.probes import build_probe_callback
+        from fwdrev.probes import build_probe_callback, preference_pairs_of_rows
 
-        callbacks.append(build_probe_callback(data_args, tokenizer, train_rows, eval_rows,
+        # SFT rows carry y+ only; without --probe_file the probes are the same rows with y-
+        probe_train, probe_eval = ([], []) if data_args.probe_file else \
+            preference_pairs_of_rows(data_args, tokenizer, train_rows, eval_rows)
+        callbacks.append(build_probe_callback(data_args, tokenizer, probe_train, probe_eval,
                                               args.output_dir,
                                               chunk_size=args.logprob_chunk_size))
     trainer = SFTTrainer(

@@ -78,7 +78,9 @@ def test_probe_rows_at_steps_0_n_2n_and_resume(tiny_model_dir, setup, tmp_path):
 def test_probe_file_is_loaded_like_the_training_data(setup, tmp_path):
     probe_path = tmp_path / "probe.parquet"
     generate_preference_rows(4, seed=9).to_parquet(probe_path)
-    data_args = SimpleNamespace(**{**vars(setup.data_args), "probe_file": str(probe_path)})
+    # a forward-only run (--sample_types original) is still probed on every probe row
+    data_args = SimpleNamespace(**{**vars(setup.data_args), "probe_file": str(probe_path),
+                                   "sample_types": "original"})
     callback = build_probe_callback(data_args, setup.tokenizer, setup.train, setup.eval, tmp_path)
     assert list(callback.probe_pairs) == ["probe"]
     assert [p.example_id for p in callback.probe_pairs["probe"]] == [0, 1, 2, 3]
