@@ -25,7 +25,7 @@ from fwdrev.scoring import (add_reward_columns, add_scoring_arguments, load_scor
                             pair_length, sample_types_by_id, score_pairs, scores_table,
                             scoring_dtype, summarize_scores)
 from fwdrev.sharding import current_shard, gather_table  # noqa: E402
-from fwdrev.training import run_cli  # noqa: E402
+from fwdrev.cli import run_cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Score every checkpoint of an SFT or DPO run: how log p(y+) and log p(y-) move in training.
 
     python analysis/analyze_training_dynamics.py --base_model ./models/your_base_model \\
-        --checkpoint_dir ./outputs/sft --dataset_path ./data/your_dataset.parquet \\
+        --checkpoint_dir ./outputs/sft_m --dataset_path ./data/your_dataset.parquet \\
         --output_dir ./outputs/training_dynamics/m/sft [--epochs 1,2,3] [--include_base]
     torchrun --nproc_per_node=4 analysis/analyze_training_dynamics.py ...  # examples split over GPUs
 
@@ -33,7 +33,7 @@ from fwdrev.scoring import (add_scoring_arguments, checkpoint_summary, load_scor
                             pair_length, sample_types_by_id, score_pairs, scores_table,
                             scoring_dtype, subset_frames)
 from fwdrev.sharding import current_shard, gather_table  # noqa: E402
-from fwdrev.training import run_cli  # noqa: E402
+from fwdrev.cli import run_cli  # noqa: E402
 
 TABLE_SUBSETS = ("all", "first50", "last50")
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.

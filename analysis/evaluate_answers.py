@@ -29,7 +29,7 @@ from fwdrev.modeling import load_for_scoring  # noqa: E402
 from fwdrev.scoring import scoring_dtype  # noqa: E402
 from fwdrev.sharding import Shard  # noqa: E402
 from fwdrev.tokenization import truncate_prompt  # noqa: E402
-from fwdrev.training import run_cli  # noqa: E402
+from fwdrev.cli import run_cli  # noqa: E402
 
 ANSWER_COLUMNS = ["example_id", "sample_type", "generated", "extracted", "gold", "correct"]
 

@@ -5,18 +5,18 @@
 #   OUTPUT_ROOT/training_dynamics/TRAIN_SET/sft/    all / first50 / last50, summary.csv
 #   OUTPUT_ROOT/training_dynamics/TRAIN_SET/dpo/
 #
-#   BASE_MODEL=./models/qwen SFT_DIR=./outputs/sft DPO_DIR=./outputs/dpo TRAIN_SET=m \
+#   BASE_MODEL=./models/qwen SFT_DIR=./outputs/sft_m DPO_DIR=./outputs/dpo_m TRAIN_SET=m \
 #       bash analysis/run_complete_analysis.sh
 #
 # Every variable below can be set in the environment.
+TRAIN_SET="${TRAIN_SET:-m}"                     # f (forward), r (reverse) or m (mixed) training data
 BASE_MODEL="${BASE_MODEL:-./models/your_base_model}"
-SFT_DIR="${SFT_DIR:-./outputs/sft}"             # <epoch>/ checkpoint folders
-DPO_DIR="${DPO_DIR:-./outputs/dpo}"             # final adapter + checkpoint-<step>/ folders
+SFT_DIR="${SFT_DIR:-./outputs/sft_${TRAIN_SET}}"  # scripts/sft.sh's run folder (epochs in checkpoints/<epoch>/)
+DPO_DIR="${DPO_DIR:-./outputs/dpo_${TRAIN_SET}}"  # final adapter + checkpoint-<step>/ folders
 DPO_MODEL="${DPO_MODEL:-${DPO_DIR}}"            # the model scored on its own (final DPO output)
 DPO_BASE_MODEL="${DPO_BASE_MODEL:-${BASE_MODEL}}"  # what DPO's adapters sit on: the SFT model if DPO started from it
 DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/analysis}"
-TRAIN_SET="${TRAIN_SET:-m}"                     # f (forward), r (reverse) or m (mixed) training data
 REF_MODEL_PATH="${REF_MODEL_PATH:-}"            # DPO's reference (the SFT adapter it started from): adds rewards
 
 set -euo pipefail

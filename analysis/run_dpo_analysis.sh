@@ -2,11 +2,11 @@
 # Score a DPO model (LoRA adapter or full model) on a preference file: per-example log p(y+),
 # log p(y-), their gap and, with REF_MODEL_PATH, the DPO implicit rewards. One process per GPU.
 #
-#   MODEL_PATH=./outputs/dpo DATASET_PATH=./data/test.parquet bash analysis/run_dpo_analysis.sh
+#   MODEL_PATH=./outputs/dpo_m DATASET_PATH=./data/test.parquet bash analysis/run_dpo_analysis.sh
 #   bash analysis/run_dpo_analysis.sh --sample_types original --max_tokens 500   # extra flags
 #
 # Every variable below can be set in the environment; extra arguments go to the Python script.
-MODEL_PATH="${MODEL_PATH:-./models/your_dpo_model}"
+MODEL_PATH="${MODEL_PATH:-./outputs/dpo_m}"   # a DPO output dir (adapter) or a full model
 BASE_MODEL="${BASE_MODEL:-}"            # base of a LoRA adapter (default: the adapter config's)
 REF_MODEL_PATH="${REF_MODEL_PATH:-}"    # e.g. ./models/your_base_model to add rewards
 DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
@@ -14,6 +14,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-./outputs/dpo_analysis}"
 BETA="${BETA:-0.1}"
 MAX_TOKENS="${MAX_TOKENS:-1000}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"  # must stay below MAX_LENGTH
 BATCH_SIZE="${BATCH_SIZE:-2}"
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
@@ -27,4 +28,5 @@ optional=()
 launch "${REPO_ROOT}/analysis/analyze_dpo_model.py" \
     --model_path "${MODEL_PATH}" --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" \
     --beta "${BETA}" --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
+    --max_prompt_length "${MAX_PROMPT_LENGTH}" \
     --batch_size "${BATCH_SIZE}" "${optional[@]}" "$@"

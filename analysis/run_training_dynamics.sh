@@ -2,13 +2,13 @@
 # Score every checkpoint of one SFT or DPO run (log p(y+), log p(y-) per example and
 # checkpoint). Resumable: rerun after an interruption and finished checkpoints are skipped.
 #
-#   CHECKPOINT_DIR=./outputs/sft STAGE=sft OUTPUT_DIR=./outputs/training_dynamics/m/sft \
+#   CHECKPOINT_DIR=./outputs/sft_m STAGE=sft OUTPUT_DIR=./outputs/training_dynamics/m/sft \
 #       bash analysis/run_training_dynamics.sh
 #   EPOCHS=1,2,3 INCLUDE_BASE=1 bash analysis/run_training_dynamics.sh
 #
 # Every variable below can be set in the environment; extra arguments go to the Python script.
 BASE_MODEL="${BASE_MODEL:-./models/your_base_model}"
-CHECKPOINT_DIR="${CHECKPOINT_DIR:-./outputs/sft}"
+CHECKPOINT_DIR="${CHECKPOINT_DIR:-./outputs/sft_m}"  # an SFT run folder (or its checkpoints/), or a DPO output dir
 DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
 OUTPUT_DIR="${OUTPUT_DIR:-./outputs/training_dynamics}"
 STAGE="${STAGE:-auto}"                  # sft (<epoch>/ folders), dpo (checkpoint-<step>/), auto
@@ -16,6 +16,7 @@ EPOCHS="${EPOCHS:-}"                    # e.g. 1,2,3 (default: every checkpoint 
 INCLUDE_BASE="${INCLUDE_BASE:-0}"       # 1: also score the base model as epoch 0
 MAX_TOKENS="${MAX_TOKENS:-1000}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"  # must stay below MAX_LENGTH
 BATCH_SIZE="${BATCH_SIZE:-2}"
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
@@ -30,5 +31,6 @@ optional=()
 launch "${REPO_ROOT}/analysis/analyze_training_dynamics.py" \
     --base_model "${BASE_MODEL}" --checkpoint_dir "${CHECKPOINT_DIR}" \
     --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" --stage "${STAGE}" \
-    --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" --batch_size "${BATCH_SIZE}" \
+    --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
+    --max_prompt_length "${MAX_PROMPT_LENGTH}" --batch_size "${BATCH_SIZE}" \
     "${optional[@]}" "$@"

@@ -38,11 +38,17 @@ def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
     """The checkpoints under ``checkpoint_dir`` in training order.
 
     ``stage="auto"`` picks DPO when there are ``checkpoint-<step>`` folders, else SFT.
+    An SFT run folder (``scripts/sft.py``'s OUTPUT_DIR) stands for its ``checkpoints/`` folder;
+    its ``checkpoint-<step>`` folders are only there to resume training.
     ``epochs`` keeps only those SFT epochs / DPO ordinals (missing ones are an error).
     """
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {checkpoint_dir}")
+    epoch_folders = checkpoint_dir / "checkpoints"
+    if stage in ("sft", "auto") and epoch_folders.is_dir() and any(
+            SFT_FOLDER.match(p.name) for p in epoch_folders.iterdir() if p.is_dir()):
+        checkpoint_dir, stage = epoch_folders, "sft"
     numbered = {kind: sorted(((int(m.group(1)), p) for p in checkpoint_dir.iterdir()
                               if p.is_dir() and (m := pattern.match(p.name))), key=lambda t: t[0])
                 for kind, pattern in (("dpo", DPO_FOLDER), ("sft", SFT_FOLDER))}

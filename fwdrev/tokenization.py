@@ -27,10 +27,15 @@ class TokenizedPair:
     rejected_truncated: bool = False
 
 
+class LengthSettingsError(ValueError):
+    """--max_length / --max_prompt_length that cannot work together."""
+
+
 def check_lengths(max_length: int, max_prompt_length: int) -> None:
     if not 0 < max_prompt_length < max_length:
-        raise ValueError(
-            f"need 0 < max_prompt_length < max_length, got {max_prompt_length} and {max_length}"
+        raise LengthSettingsError(
+            f"need 0 < --max_prompt_length < --max_length, got --max_prompt_length {max_prompt_length} "
+            f"and --max_length {max_length} (lower --max_prompt_length, e.g. MAX_PROMPT_LENGTH in the launchers)"
         )
 
 

@@ -15,7 +15,7 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from fwdrev.data import DataValidationError, load_preference_data
+from fwdrev.data import load_preference_data
 from fwdrev.io import atomic_path, write_json
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
@@ -86,15 +86,6 @@ def setup_logging(training_args) -> None:
     level = logging.INFO if training_args.process_index == 0 else logging.WARNING
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level,
                         stream=sys.stdout, force=True)
-
-
-def run_cli(main) -> None:
-    """Run a script's main; bad data ends with its message and exit code 2."""
-    try:
-        main()
-    except DataValidationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def _load_base_model(model_args: ModelArguments, training_args):

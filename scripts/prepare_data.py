@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.data import read_table  # noqa: E402
 from fwdrev.io import write_table  # noqa: E402
 from fwdrev.splits import split_by_group  # noqa: E402
@@ -30,7 +31,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     frame = read_table(args.input)
-    train, test = split_by_group(frame, args.test_groups, args.seed, args.group_column, args.train_groups)
+    try:
+        train, test = split_by_group(frame, args.test_groups, args.seed, args.group_column, args.train_groups)
+    except ValueError as error:  # group counts or column that do not fit this file
+        parser.error(f"{args.input}: {error}")
     for name, part in (("train", train), ("test", test)):
         path = os.path.join(args.output_dir, f"{name}.parquet")
         write_table(part.reset_index(drop=True), path)
@@ -39,4 +43,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

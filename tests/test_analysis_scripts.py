@@ -1,6 +1,7 @@
 """The analysis scripts end to end on the tiny model: tables, resume, sharding, launchers."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -141,6 +142,15 @@ def test_bad_data_exits_with_code_2(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out" / "scores.parquet").exists()
 
 
+def test_prompt_length_not_below_max_length_exits_with_code_2(tiny_model_dir, runs, tmp_path):
+    result = subprocess.run([sys.executable, "analysis/analyze_dpo_model.py", "--model_path", str(tiny_model_dir),
+                             "--dataset_path", str(runs / "rows.parquet"), "--output_dir", str(tmp_path),
+                             "--max_length", "256"],  # below the default --max_prompt_length 2048
+                            cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--max_prompt_length 2048 and --max_length 256" in result.stderr
+
+
 def test_launchers_check_their_inputs(tmp_path):
     for script in ("run_dpo_analysis.sh", "run_training_dynamics.sh", "run_complete_analysis.sh"):
         assert subprocess.run(["bash", "-n", f"analysis/{script}"], cwd=REPO_ROOT).returncode == 0
@@ -161,6 +171,11 @@ def test_checkpoint_discovery_in_both_layouts(runs, tmp_path):
         discover_checkpoints(runs / "sft", epochs=[4])
     with pytest.raises(FileNotFoundError, match="checkpoint-<step>"):
         discover_checkpoints(runs / "sft", stage="dpo")
+    sft_run = tmp_path / "sft_run"  # scripts/sft.py's OUTPUT_DIR: epochs under checkpoints/
+    shutil.copytree(runs / "sft", sft_run / "checkpoints")
+    shutil.copytree(runs / "dpo" / "checkpoint-5", sft_run / "checkpoint-50")  # kept for resuming
+    assert discover_checkpoints(sft_run) == [
+        c.__class__(c.name, sft_run / "checkpoints" / c.name, "sft", c.epoch, None) for c in sft]
     (tmp_path / "checkpoint-7").mkdir()  # e.g. optimizer state only
     with pytest.raises(FileNotFoundError, match="neither a LoRA adapter"):
         discover_checkpoints(tmp_path)

@@ -21,7 +21,8 @@ from fwdrev.modeling import load_for_scoring, load_tokenizer
 from fwdrev.scoring import score_pairs
 from fwdrev.sft import SFTArguments, SFTCollator, SFTDataArguments
 from fwdrev.tokenization import IGNORE_INDEX, encode_examples
-from fwdrev.training import ModelArguments, parse_arguments, run_cli
+from fwdrev.cli import run_cli
+from fwdrev.training import ModelArguments, parse_arguments
 
 SCRIPT = str(REPO_ROOT / "scripts" / "sft.py")
 SAMPLE = REPO_ROOT / "data-100samples.parquet"
@@ -259,6 +260,16 @@ def test_resume_latest_continues_with_the_next_epoch(sft_run, tiny_model_dir, tm
     assert [c.epoch for c in discover_checkpoints(output_dir / "checkpoints")] == [1, 2, 3]
     metrics = pd.read_csv(output_dir / "metrics.csv").dropna(subset=["loss"])
     assert list(metrics["step"]) == list(range(1, 76))
+
+
+def test_probes_default_to_training_rows_with_their_rejected_response(tiny_model_dir, tmp_path):
+    run_script(SCRIPT, tiny_model_dir, SAMPLE, tmp_path, "--sample_types", "flipped", "--max_steps", "2",
+               "--eval_size", "4", "--probe_every", "2", "--probe_size", "3", "--report_to", "none")
+    probes = pd.read_csv(tmp_path / "dynamics.csv")
+    assert probes.groupby(["step", "split"]).size().to_dict() == {(0, "eval"): 3, (0, "train"): 3,
+                                                                  (2, "eval"): 3, (2, "train"): 3}
+    assert set(probes["sample_type"]) == {"flipped"}
+    assert probes["rejected_logp_mean"].lt(0).all() and probes["chosen_logp_mean"].lt(0).all()
 
 
 def test_missing_response_column_exits_2(tiny_model_dir, tmp_path, capsys):

@@ -41,3 +41,14 @@ def test_cli_writes_both_files(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(pd.read_parquet(tmp_path / "test.parquet")) == 20
     assert len(pd.read_parquet(tmp_path / "train.parquet")) == 80
+
+
+@pytest.mark.parametrize("problem", ["missing_file", "too_many_test_groups"])
+def test_cli_bad_input_exits_2_without_traceback(tmp_path, problem):
+    data = tmp_path / "missing.parquet" if problem == "missing_file" else REPO_ROOT / "data-100samples.parquet"
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare_data.py"), "--input", str(data),
+                             "--output_dir", str(tmp_path / "out"), "--test_groups", "1000"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(data.name) in result.stderr
+    assert not (tmp_path / "out").exists()
