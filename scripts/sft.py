@@ -71,7 +71,6 @@ def main(argv=None):
     data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,
                                                         with_rejected=False)
 
-    model = load_policy(model_args, args)
     callbacks = [MetricsCSVCallback()]
     if data_args.probe_every > 0:
         from fwdrev.probes import build_probe_callback, preference_pairs_of_rows
@@ -82,6 +81,7 @@ def main(argv=None):
         callbacks.append(build_probe_callback(data_args, tokenizer, probe_train, probe_eval,
                                               args.output_dir,
                                               chunk_size=args.logprob_chunk_size))
+    model = load_policy(model_args, args)  # after the data and probes: bad input fails fast
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=PairDataset(train_rows),
         eval_dataset=PairDataset(eval_rows) if eval_rows else None,
