@@ -74,8 +74,4 @@ for i in "${!models[@]}"; do
     MASTER_PORT="$(free_port)"
 done
 
-if [[ ${#failed[@]} -gt 0 ]]; then
-    echo "failed runs: ${failed[*]}" >&2
-    exit 1
-fi
-echo "all runs finished: ${OUTPUT_ROOT}"
+finish_runs "${OUTPUT_ROOT}" "${failed[@]}"

@@ -63,3 +63,13 @@ require_path() {  # require_path WHAT PATH: report a missing input and return no
         return 1
     fi
 }
+
+finish_runs() {  # finish_runs OUTPUT_ROOT [FAILED_RUN...]: the closing line; non-zero if any failed
+    local output_root="$1"
+    shift
+    if [[ $# -gt 0 ]]; then
+        echo "failed runs: $*" >&2
+        return 1
+    fi
+    echo "all runs finished: ${output_root}"
+}

@@ -77,8 +77,4 @@ for train_set in ${TRAIN_SETS}; do
     MASTER_PORT="$(free_port)"
 done
 
-if [[ ${#failed[@]} -gt 0 ]]; then
-    echo "failed runs: ${failed[*]}" >&2
-    exit 1
-fi
-echo "all runs finished: ${OUTPUT_ROOT}"
+finish_runs "${OUTPUT_ROOT}" "${failed[@]}"
