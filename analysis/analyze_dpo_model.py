@@ -1,6 +1,6 @@
 """Score one model (full model or LoRA adapter) on preference data: log p(y+), log p(y-), gap.
 
-    python analysis/analyze_dpo_model.py --model_path ./outputs/dpo \\
+    python analysis/analyze_dpo_model.py --model_path ./outputs/dpo_m \\
         --dataset_path ./data/your_dataset.parquet --output_dir ./outputs/dpo_analysis \\
         [--ref_model_path ./models/your_base_model --beta 0.1]
     torchrun --nproc_per_node=4 analysis/analyze_dpo_model.py ...   # examples split over GPUs
@@ -23,7 +23,7 @@ from fwdrev.io import write_json, write_table  # noqa: E402
 from fwdrev.modeling import load_for_scoring  # noqa: E402
 from fwdrev.scoring import (add_reward_columns, add_scoring_arguments, load_scoring_pairs,  # noqa: E402
                             pair_length, sample_types_by_id, score_pairs, scores_table,
-                            scoring_dtype, summarize_scores)
+                            parse_scoring_args, scoring_dtype, summarize_scores)
 from fwdrev.sharding import current_shard, gather_table  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
 
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--step", type=int, default=None,
                         help="'step' column (default: N of a checkpoint-N folder, else empty).")
     add_scoring_arguments(parser)
-    return parser.parse_args(argv)
+    return parse_scoring_args(parser, argv)
 
 
 def main(argv=None) -> None:

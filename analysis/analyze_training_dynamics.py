@@ -31,7 +31,7 @@ from fwdrev.io import write_json, write_table  # noqa: E402
 from fwdrev.modeling import load_tokenizer, pick_attn_implementation  # noqa: E402
 from fwdrev.scoring import (add_scoring_arguments, checkpoint_summary, load_scoring_pairs,  # noqa: E402
                             pair_length, sample_types_by_id, score_pairs, scores_table,
-                            scoring_dtype, subset_frames)
+                            parse_scoring_args, scoring_dtype, subset_frames)
 from fwdrev.sharding import current_shard, gather_table  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
 
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--include_base", action="store_true",
                         help="Also score the base model (checkpoint 'base', epoch 0).")
     add_scoring_arguments(parser)
-    return parser.parse_args(argv)
+    return parse_scoring_args(parser, argv)
 
 
 def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
@@ -96,6 +96,7 @@ def main(argv=None) -> None:
     shard = current_shard(args.num_shards, args.shard_id)
     checkpoints = discover_checkpoints(args.checkpoint_dir, args.stage, parse_epochs(args.epochs))
     stage = checkpoints[0].stage
+    args.checkpoint_dir = str(checkpoints[0].path.parent)  # a run folder and its checkpoints/ are one setting
     if args.include_base:
         checkpoints.insert(0, base_checkpoint(stage))
     check_settings(args, stage, output_dir, shard.is_main)

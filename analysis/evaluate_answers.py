@@ -1,6 +1,6 @@
 """Answer accuracy: greedy generation from each row's prompt, final answer vs. the gold solution.
 
-    python analysis/evaluate_answers.py --model_path ./outputs/dpo \\
+    python analysis/evaluate_answers.py --model_path ./outputs/dpo_m \\
         --dataset_path ./data/your_dataset.parquet --output_dir ./outputs/answers \\
         [--max_new_tokens 2048] [--batch_size 8] [--sample_types original,flipped]
 

@@ -93,8 +93,8 @@ def main(argv=None):
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(args.resume_from_checkpoint,
                                                                    args.output_dir))
     save_final_model(trainer, model_args, tokenizer)
-    finish_distributed(trainer)
     logger.info("done: %s", args.output_dir)
+    finish_distributed(trainer)  # under torchrun this ends the process
 
 
 if __name__ == "__main__":

@@ -7,11 +7,17 @@ import sys
 from fwdrev.data import DataValidationError
 from fwdrev.tokenization import LengthSettingsError
 
-USAGE_ERRORS = (DataValidationError, LengthSettingsError)
+
+
+class UsageError(Exception):
+    """A run that cannot go on as asked; the message says what to do instead."""
+
+
+USAGE_ERRORS = (DataValidationError, LengthSettingsError, UsageError)
 
 
 def run_cli(main) -> None:
-    """Run a script's main; bad data or inconsistent length flags end with exit code 2."""
+    """Run a script's main; bad data, inconsistent flags or a usage error end with exit code 2."""
     try:
         main()
     except USAGE_ERRORS as error:

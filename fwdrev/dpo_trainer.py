@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 
+from fwdrev.cli import UsageError
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
 from fwdrev.io import write_json, write_table
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
@@ -151,8 +152,10 @@ class DPOTrainer(Trainer):
                 self.reference_logps = cached
                 return
         if self.state.global_step > 0 and not self.reference_disables_adapter and self.ref_model is None:
-            raise RuntimeError(f"{cache} is missing or stale, and the initial policy it was computed "
-                               "from has been trained since: cannot resume")
+            raise UsageError(f"{cache} is missing or was made for other settings, and the policy it "
+                             "is computed from has been trained since. Resume with "
+                             "--no_precompute_ref_log_probs (keeps a frozen copy of the initial model "
+                             "as the reference) or start in a new --output_dir")
         frame = self._compute_reference_logps(model)
         if self.args.process_index == 0:
             write_table(frame.reset_index(), cache)

@@ -522,8 +522,11 @@ def _panel_c(ax, series, style, notes, n_sft_mm, focus, share, ylim) -> dict:
         focus = default_focus(values.loc[values.pair == "mm", "value"], vmin, vmax)
         notes.append(f"(c) focus band derived from D_m T_m deltas: [{focus[0]:.4g}, {focus[1]:.4g}]")
     linear_share = (focus[1] - focus[0]) / (vmax - vmin)  # what a linear axis would give it
-    if share is None:  # widen the focus at least 1.5x, and leave the outer pieces a quarter
+    if share is None:  # widen the focus 1.5x if possible, and leave the outer pieces a quarter
         share = min(0.75, max(DEFAULT_SHARE, 1.5 * linear_share))
+        if share < 1.5 * linear_share:
+            notes.append(f"(c) the focus band spans {linear_share:.0%} of the data range, too much "
+                         "to widen 1.5x: give a narrower --focus or wider --ylim_c")
     elif share <= linear_share:
         notes.append(f"(c) the focus band spans {linear_share:.0%} of the data range but gets "
                      f"share {share:.0%} of the axis: it is compressed, not widened")
@@ -552,7 +555,7 @@ def plot_paper_figure(
     through SFT and DPO with its key band, (c) the gaps on the wider-middle scale.
 
     Defaults come from the data: (c) limits from the delta range, focus band around the
-    D_m T_m deltas with ``share`` 0.25 of the axis (more if that would not widen it), (b) key band = y-range of y+ and y- over DPO (else the last SFT epoch).
+    D_m T_m deltas with ``share`` 0.25 of the axis (more, up to 0.75, to widen a wide band 1.5x), (b) key band = y-range of y+ and y- over DPO (else the last SFT epoch).
     Missing series are skipped and listed in ``notes``. Call inside :func:`paper_style`.
     """
     series = complete_deltas(validate_series(series))

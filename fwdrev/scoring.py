@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from fwdrev.data import PreferenceData, load_preference_data
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
-from fwdrev.tokenization import TokenizedPair, collate_pairs, encode_examples
+from fwdrev.tokenization import (LengthSettingsError, TokenizedPair, check_lengths, collate_pairs,
+                                 encode_examples)
 
 SIDES = ("chosen", "rejected")
 STAT_NAMES = ["num_tokens", "logp_sum", "logp_mean", "logp_max",
@@ -227,6 +228,16 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Split the examples over this many separate runs (with --shard_id); "
                              "the last run to finish merges. Under torchrun: the world size.")
     parser.add_argument("--shard_id", type=int, default=None, help="This run's shard, 0-based.")
+
+
+def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, and refuse inconsistent length flags before any model is loaded (exit 2)."""
+    args = parser.parse_args(argv)
+    try:
+        check_lengths(args.max_length, args.max_prompt_length)
+    except LengthSettingsError as error:
+        parser.error(str(error))
+    return args
 
 
 def load_scoring_pairs(args, tokenizer) -> tuple[PreferenceData, list[TokenizedPair]]:

@@ -20,7 +20,7 @@ from fwdrev.io import atomic_path, write_json
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
                              pick_attn_implementation)
-from fwdrev.tokenization import encode_examples
+from fwdrev.tokenization import check_lengths, encode_examples
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class DataArguments:
         default=None, metadata={"help": "Probe set for in-training log-prob probes (default: train/eval rows)."})
     probe_every: int = field(default=0, metadata={"help": "Probe every N optimizer steps (0 = off)."})
     probe_size: int = field(default=8, metadata={"help": "Probe rows taken from each of train and eval."})
+
+    def __post_init__(self):
+        check_lengths(self.max_length, self.max_prompt_length)  # fail before any model is loaded
 
 
 def parse_arguments(dataclass_types, defaults: dict, argv=None):
@@ -202,10 +205,21 @@ class MetricsCSVCallback(TrainerCallback):
 
 
 def finish_distributed(trainer) -> None:
-    """Leave the process group together: ranks exiting with live gloo threads can abort."""
-    if torch.distributed.is_initialized():
-        trainer.accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
+    """End a torchrun process once every rank is done: leave the process group together, exit.
+
+    The exit skips interpreter teardown on purpose. Process groups that DeepSpeed still holds
+    are otherwise destroyed during finalization, and gloo's worker threads then abort a rank
+    ("terminate called without an active exception", SIGABRT) after a successful run. Every
+    output is written and closed by now.
+    """
+    if not (torch.distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        return
+    trainer.accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:

@@ -54,11 +54,11 @@ COMMON=(--max_length "${MAX_LENGTH}" --max_prompt_length 128 --lora_r "${LORA_R}
         --logging_steps 5 --report_to tensorboard --seed 0)
 
 banner "setup: tiny model and data"
+if [[ ! -f r1k.parquet ]]; then  # the shipped set (the tiny model's tokenizer is trained on it)
+    python scripts/make_sample_data.py --num_rows 1000 --seed 0 --output r1k.parquet
+fi
 if [[ ! -f "${MODEL_DIR}/config.json" ]]; then
     python scripts/make_tiny_model.py --output_dir "${MODEL_DIR}"
-fi
-if [[ "${SOURCE_DATA}" == r1k.parquet && ! -f r1k.parquet ]]; then  # the shipped set, regenerated
-    python scripts/make_sample_data.py --num_rows 1000 --seed 0 --output r1k.parquet
 fi
 python scripts/prepare_data.py --input "${SOURCE_DATA}" --output_dir "${DATA}" \
     --test_groups "${TEST_PROBLEMS}" --train_groups "${TRAIN_PROBLEMS}"

@@ -94,8 +94,8 @@ def main(argv=None):
         logger.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)
-    finish_distributed(trainer)
     logger.info("done: %s", args.output_dir)
+    finish_distributed(trainer)  # under torchrun this ends the process
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from hypothesis import settings
 
 # Property tests draw the same examples on every run, so CI is reproducible; run with
 # HYPOTHESIS_PROFILE=explore to draw fresh random examples (and ten times as many).
-settings.register_profile("ci", derandomize=True, deadline=None)
-settings.register_profile("explore", max_examples=1000, deadline=None)
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=200)
+settings.register_profile("explore", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -222,7 +222,7 @@ def test_dynamics_resume_scores_only_the_missing_checkpoints(sft_dynamics, runs,
     assert "4 of 4 checkpoints already scored" in capsys.readouterr().out
     assert len(pd.read_parquet(tmp_path / "all.parquet")) == 4 * NUM_ROWS
     with pytest.raises(SystemExit, match="other settings"):
-        dynamics(runs, tiny_model_dir, tmp_path, "--max_length", "100")
+        dynamics(runs, tiny_model_dir, tmp_path, "--max_tokens", "3")
 
 
 def test_dpo_dynamics_of_full_model_checkpoints(runs, tiny_model_dir, tmp_path):

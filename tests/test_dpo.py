@@ -211,6 +211,18 @@ def test_full_finetuning_reference_precomputed_or_frozen_copy_agree(tiny_model_d
         assert frozen[column].to_numpy() == pytest.approx(precomputed[column].to_numpy(), abs=1e-4)
 
 
+def test_full_finetuning_resume_without_its_reference_cache(tiny_model_dir, tmp_path):
+    run = ["--no_use_lora", "--save_steps", "2", "--eval_strategy", "no"]
+    run_dpo(tiny_model_dir, tmp_path, *run, "--max_steps", "2")
+    (tmp_path / "reference_logps.parquet").unlink()  # e.g. deleted, or made for other settings
+    resumed = [*run, "--max_steps", "4", "--resume_from_checkpoint", "latest"]
+    refused = run_dpo(tiny_model_dir, tmp_path, *resumed, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--no_precompute_ref_log_probs" in refused.stderr
+    run_dpo(tiny_model_dir, tmp_path, *resumed, "--no_precompute_ref_log_probs")  # the way out it names
+    assert list(train_losses(tmp_path).index) == [1, 2, 3, 4]
+
+
 @pytest.mark.slow
 def test_launcher_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
     env = script_env(MODEL_PATHS=f"{tiny_model_dir} {tmp_path / 'missing_model'}", DATA_PATH=SAMPLE,

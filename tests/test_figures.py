@@ -242,6 +242,10 @@ def test_default_share_widens_even_a_wide_focus_band():
     assert squeezed.settings["share"] == 0.25
     assert any("compressed, not widened" in note for note in squeezed.notes)
     plt.close(squeezed.fig)
+    only_mixed = figures.plot_paper_figure(_tidy({("m", "m", "sft", 1): [0.0, 0.4, 0.8]}))  # band = range
+    assert only_mixed.settings["share"] == 0.75
+    assert any("too much to widen" in note for note in only_mixed.notes)
+    plt.close(only_mixed.fig)
 
 
 def test_base_model_epoch_0_is_drawn_inside_every_panel():

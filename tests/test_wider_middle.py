@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from hypothesis import example, given, settings, strategies as st  # noqa: E402
+from hypothesis import example, given, strategies as st  # noqa: E402
 
 from fwdrev import wider_middle as wm  # noqa: E402
 
@@ -23,7 +23,6 @@ def scale_params(draw):
     return dict(vmin=vmin, vmax=b + gaps[2], focus=(a, b), share=share)
 
 
-@settings(max_examples=200, deadline=None)
 @given(params=scale_params(), u=st.floats(0.0, 1.0))
 def test_inverse_of_forward_is_identity(params, u):
     x = params["vmin"] + u * (params["vmax"] - params["vmin"])
@@ -31,7 +30,6 @@ def test_inverse_of_forward_is_identity(params, u):
     assert back == pytest.approx(x, rel=1e-9, abs=1e-9 * (params["vmax"] - params["vmin"]))
 
 
-@settings(max_examples=100, deadline=None)
 @given(params=scale_params())
 @example(params=dict(vmin=0.0, vmax=244.001, focus=(243.0, 244.0), share=0.98828125))  # tiny upper piece
 def test_forward_strictly_increasing_and_hits_breakpoints(params):

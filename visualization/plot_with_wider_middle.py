@@ -50,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric", default="logp_mean_first_k", help="analysis column suffix for y+/y-/delta")
     p.add_argument("--focus", nargs=2, type=float, metavar=("A", "B"), help="focus interval of panel (c)")
     p.add_argument("--share", type=float, default=None,
-                   help="share of panel (c)'s axis given to the focus (default 0.25, more when the "
-                        "focus is wide, so that it is always widened)")
+                   help="share of panel (c)'s axis given to the focus (default 0.25, or up to 0.75 "
+                        "so that a wide focus is still widened 1.5x)")
     p.add_argument("--ylim_a", nargs=2, type=float, metavar=("LO", "HI"))
     p.add_argument("--ylim_b", nargs=2, type=float, metavar=("LO", "HI"))
     p.add_argument("--ylim_c", nargs=2, type=float, metavar=("VMIN", "VMAX"),
