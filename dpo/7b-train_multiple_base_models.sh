@@ -26,20 +26,13 @@ LORA_ALPHA="${LORA_ALPHA:-512}"
 BETA="${BETA:-0.1}"
 SAVE_STEPS="${SAVE_STEPS:-10}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"                                 # any further combined_dpo.py flags
+# DS_CONFIG: DeepSpeed config (default by device, see choose_precision); empty: no DeepSpeed.
 # -------------------------------------------------------------------------------------------
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
 cd "${REPO_ROOT}"
 
-if [[ "${GPU_COUNT}" -eq 0 ]]; then
-    # No GPU: fp32 and the CPU ZeRO-3 config (PyTorch AdamW, no offload, no C++ Adam build).
-    DS_CONFIG="${DS_CONFIG:-configs/ds_config_zero3_cpu.json}"
-    PRECISION_ARGS="${PRECISION_ARGS:-}"
-    echo "no GPU found: running ${NUM_PROCS} CPU processes with ${DS_CONFIG}"
-else
-    DS_CONFIG="${DS_CONFIG:-configs/ds_config_zero3_10k.json}"
-    PRECISION_ARGS="${PRECISION_ARGS:---bf16 --use_flash_attention --gradient_checkpointing}"
-fi
+choose_precision configs/ds_config_zero3_10k.json  # the original's config on GPUs
 
 read -r -a models <<< "${MODEL_PATHS}"
 read -r -a names <<< "${MODEL_NAMES}"
@@ -60,7 +53,7 @@ for i in "${!models[@]}"; do
     if run_logged "${log_file}" launch dpo/combined_dpo.py \
         --model_name "${model}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
         ${SAMPLE_TYPES:+--sample_types "${SAMPLE_TYPES}"} \
-        --deepspeed "${DS_CONFIG}" ${PRECISION_ARGS} \
+        ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} \
         --max_steps "${MAX_STEPS}" --learning_rate "${LEARNING_RATE}" --lr_scheduler_type cosine \
         --warmup_steps "${WARMUP_STEPS}" --per_device_train_batch_size 1 \
         --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \

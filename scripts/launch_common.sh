@@ -73,3 +73,16 @@ finish_runs() {  # finish_runs OUTPUT_ROOT [FAILED_RUN...]: the closing line; no
     fi
     echo "all runs finished: ${output_root}"
 }
+
+choose_precision() {  # choose_precision GPU_DS_CONFIG: set DS_CONFIG and PRECISION_ARGS by device
+    # Either can be set beforehand; DS_CONFIG set but empty runs without DeepSpeed.
+    if [[ "${GPU_COUNT}" -eq 0 ]]; then
+        # No GPU: fp32 and the CPU ZeRO-3 config (PyTorch AdamW, no offload, no C++ Adam build).
+        DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3_cpu.json}"
+        PRECISION_ARGS="${PRECISION_ARGS:-}"
+        echo "no GPU found: running ${NUM_PROCS} CPU processes${DS_CONFIG:+ with ${DS_CONFIG}}"
+    else
+        DS_CONFIG="${DS_CONFIG-$1}"
+        PRECISION_ARGS="${PRECISION_ARGS:---bf16 --use_flash_attention --gradient_checkpointing}"
+    fi
+}

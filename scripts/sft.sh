@@ -30,15 +30,7 @@ EXTRA_ARGS="${EXTRA_ARGS:-}"            # any further scripts/sft.py flags (--no
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
 cd "${REPO_ROOT}"
 
-if [[ "${GPU_COUNT}" -eq 0 ]]; then
-    # No GPU: fp32 and the CPU ZeRO-3 config (PyTorch AdamW, no offload, no C++ Adam build).
-    DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3_cpu.json}"
-    PRECISION_ARGS="${PRECISION_ARGS:-}"
-    echo "no GPU found: running ${NUM_PROCS} CPU processes${DS_CONFIG:+ with ${DS_CONFIG}}"
-else
-    DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3.json}"  # ds_config_zero3_10k.json offloads to CPU
-    PRECISION_ARGS="${PRECISION_ARGS:---bf16 --use_flash_attention --gradient_checkpointing}"
-fi
+choose_precision configs/ds_config_zero3.json  # ds_config_zero3_10k.json offloads to CPU
 
 require_path "model" "${MODEL_PATH}" || exit 1
 require_path "dataset" "${DATA_PATH}" || exit 1

@@ -52,11 +52,16 @@ def test_no_grad_mode_for_analysis():
     assert (out.per_token - naive_token_logps(head(hidden), targets)).abs().max() <= 1e-5
 
 
-def test_sequence_logprobs_on_a_causal_lm_matches_its_logits():
+def small_causal_lm():
+    """A seeded 2-layer Qwen2 with an untied head (vocabulary 101), in eval mode."""
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model = Qwen2ForCausalLM(config).eval()
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_sequence_logprobs_on_a_causal_lm_matches_its_logits():
+    model = small_causal_lm()
     input_ids = torch.randint(0, 101, (2, 9))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, 7:] = 0
@@ -72,10 +77,7 @@ def test_sequence_logprobs_on_a_causal_lm_matches_its_logits():
 
 
 def test_training_path_equals_scoring_path_and_has_gradients():
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model = Qwen2ForCausalLM(config).eval()
+    model = small_causal_lm()
     input_ids = torch.randint(0, 101, (2, 9))
     labels = input_ids.clone()
     labels[:, :4] = IGNORE_INDEX
