@@ -1,0 +1,127 @@
+"""Training recipes: every hyper-parameter of a run in one YAML file per stage and preset.
+
+``recipes/<stage>/<preset>.yaml`` (e.g. ``recipes/dpo/original.yaml``) holds flat ``flag: value``
+pairs, the same names as the command-line flags. ``--config NAME_OR_PATH`` loads one; flags given
+on the command line override it (as in alignment-handbook). A bare name is looked up under
+``recipes/<stage>/``. The resolved values of every run are saved in its ``run_config.json``.
+
+Also here: the settings every recipe shares beyond ``TrainingArguments``: a global batch size
+from which the accumulation steps follow, and the original run's learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import TrainingArguments
+
+from fwdrev.cli import UsageError
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+LR_SCHEDULES = ("trainer", "deepspeed_warmup_decay")
+
+
+def recipe_path(name_or_path: str, stage: str) -> Path:
+    """``original`` -> recipes/<stage>/original.yaml; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return RECIPES_DIR / stage / f"{name_or_path}.yaml"
+
+
+def load_recipe(path: str | Path, known_flags: set[str]) -> dict:
+    """The recipe's values; unknown keys are an error naming the file and the keys."""
+    path = Path(path)
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise UsageError(f"--config: recipe {path} not found" + (f"; available: {available}" if available else ""))
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: a recipe is a mapping of flag: value, got {type(values).__name__}")
+    unknown = sorted(set(values) - known_flags)
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s) {unknown} (not a flag of this script)")
+    return values
+
+
+def pop_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--config X`` / ``--config=X`` out of ``argv``."""
+    rest, config = [], None
+    items = iter(argv)
+    for item in items:
+        if item == "--config":
+            config = next(items, None)
+            if config is None:
+                raise UsageError("--config needs a recipe name or a YAML path")
+        elif item.startswith("--config="):
+            config = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return config, rest
+
+
+@dataclass
+class RecipeTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the two settings the study's recipes need."""
+
+    global_batch_size: int | None = field(
+        default=None, metadata={"help": "Examples per optimizer step over all processes; sets "
+                                        "--gradient_accumulation_steps = global / (processes x "
+                                        "per-device batch), which must divide evenly."})
+    lr_schedule: str = field(
+        default="trainer", metadata={"help": f"One of {LR_SCHEDULES}: 'trainer' uses --lr_scheduler_type; "
+                                             "'deepspeed_warmup_decay' is the original run's DeepSpeed "
+                                             "WarmupDecayLR (log warm-up over --warmup_steps, then linear "
+                                             "decay to 0 at the last step), with or without DeepSpeed."})
+
+    def __post_init__(self):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.global_batch_size is not None:
+            self.gradient_accumulation_steps = accumulation_steps(
+                self.global_batch_size, int(os.environ.get("WORLD_SIZE", "1")),
+                self.per_device_train_batch_size)
+        super().__post_init__()
+
+
+def accumulation_steps(global_batch_size: int, world_size: int, per_device_batch_size: int) -> int:
+    per_step = world_size * per_device_batch_size
+    if global_batch_size <= 0 or global_batch_size % per_step:
+        raise UsageError(f"--global_batch_size {global_batch_size} is not a multiple of processes x "
+                         f"per-device batch = {world_size} x {per_device_batch_size} = {per_step}")
+    return global_batch_size // per_step
+
+
+def warmup_decay_factor(updates_done: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate factor of DeepSpeed's WarmupDecayLR (log warm-up) after ``updates_done``.
+
+    DeepSpeed starts at its minimum (0) and steps once per update, so the k-th update
+    (1-based) runs at the factor of iteration k - 2: 0 for the first two updates, then
+    log(i + 1) / log(W) up to iteration W - 1, then (T - i) / (T - W), floored at 0.
+    """
+    iteration = updates_done - 1
+    if iteration < 0:
+        return 0.0
+    warmup = max(2, warmup_steps)
+    if iteration < warmup:
+        return math.log(iteration + 1) / math.log(warmup)
+    return max(0.0, (total_steps - iteration) / max(1.0, total_steps - warmup))
+
+
+class RecipeScheduleMixin:
+    """Trainer mixin: ``--lr_schedule deepspeed_warmup_decay`` as a plain PyTorch scheduler."""
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.args.lr_schedule != "deepspeed_warmup_decay" or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        self.lr_scheduler = LambdaLR(
+            optimizer if optimizer is not None else self.optimizer,
+            lambda updates: warmup_decay_factor(updates, warmup, num_training_steps))
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
