@@ -33,29 +33,21 @@ from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments, 
 
 logger = logging.getLogger("combined_dpo")
 
-# The original run's recipe; every value can be overridden on the command line.
+# How the script runs; the hyper-parameters are in the recipe (recipes/dpo/lora.yaml unless
+# --config names another, e.g. --config original), and command-line flags override both.
 DPO_DEFAULTS = dict(
-    learning_rate=5e-7,
-    lr_scheduler_type="cosine",
-    warmup_steps=20,
-    weight_decay=0.0,
-    per_device_train_batch_size=1,
-    per_device_eval_batch_size=1,
-    gradient_accumulation_steps=4,
-    num_train_epochs=1,
     logging_steps=1,
-    eval_strategy="steps",
-    eval_steps=50,
-    save_steps=50,
     report_to=["tensorboard"],
     remove_unused_columns=False,
     save_only_model=False,
 )
+DEFAULT_RECIPE = "lora"
 
 
 def main(argv=None):
     model_args, data_args, args = parse_arguments(
-        (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv)
+        (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv,
+        stage="dpo", default_recipe=DEFAULT_RECIPE)
     setup_logging(args)
     tokenizer = load_training_tokenizer(model_args)
     data, train_pairs, eval_pairs = prepare_training_data(model_args, data_args, args, tokenizer)

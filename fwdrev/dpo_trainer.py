@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from fwdrev.cli import UsageError
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
 from fwdrev.io import write_json, write_table
+from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
 from fwdrev.tokenization import TokenizedPair, collate_pairs
 
@@ -37,7 +38,7 @@ REFERENCE_CACHE_KEY = "reference_logps.json"
 
 
 @dataclass
-class DPOArguments(TrainingArguments):
+class DPOArguments(RecipeTrainingArguments):
     beta: float = field(default=0.1, metadata={"help": "DPO temperature beta."})
     loss_type: str = field(default="sigmoid", metadata={"help": f"One of {LOSS_TYPES}."})
     sft_weight: float = field(
@@ -95,7 +96,7 @@ def prepare_deepspeed_reference(model, accelerator):
     return engine
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(RecipeScheduleMixin, Trainer):
     """``Trainer`` with the DPO loss.
 
     ``reference_disables_adapter``: the reference is the policy with its (fresh) LoRA adapter

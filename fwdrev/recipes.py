@@ -69,6 +69,9 @@ def pop_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
 class RecipeTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the two settings the study's recipes need."""
 
+    config: str | None = field(
+        default=None, metadata={"help": "Recipe: a name under recipes/<stage>/ (e.g. original, lora) or a "
+                                        "YAML path; flags on the command line override its values."})
     global_batch_size: int | None = field(
         default=None, metadata={"help": "Examples per optimizer step over all processes; sets "
                                         "--gradient_accumulation_steps = global / (processes x "

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
+from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
 from fwdrev.tokenization import TokenizedPair, pad_sequences, prompt_response_sequence
 from fwdrev.training import DataArguments
@@ -36,7 +37,7 @@ class SFTDataArguments(DataArguments):
 
 
 @dataclass
-class SFTArguments(TrainingArguments):
+class SFTArguments(RecipeTrainingArguments):
     save_every_epoch: bool = field(
         default=True, metadata={"help": f"Save the model after every epoch in OUTPUT_DIR/"
                                         f"{EPOCH_CHECKPOINTS}/<epoch> (1, 2, ...)."})
@@ -55,7 +56,7 @@ class SFTCollator:
                              self.pad_token_id)
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(RecipeScheduleMixin, Trainer):
     """``Trainer`` whose loss is the mean NLL of the batch's response tokens."""
 
     def __init__(self, *args, **kwargs):

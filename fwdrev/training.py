@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from fwdrev.data import load_preference_data
 from fwdrev.io import atomic_path, write_json
+from fwdrev.splits import default_group_column
+from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
                              pick_attn_implementation)
@@ -57,7 +60,8 @@ class DataArguments:
     max_length: int = field(default=20000, metadata={"help": "Max tokens of prompt + response."})
     max_prompt_length: int = field(default=2048, metadata={"help": "Max prompt tokens (the end is kept)."})
     eval_size: float = field(
-        default=0.05, metadata={"help": "Held-out eval rows: a fraction (< 1) or a count (>= 1); 0 = none."})
+        default=0.05, metadata={"help": "Held-out eval rows, whole problems (both rows of a problem on "
+                                        "one side): a fraction (< 1) or a count (>= 1); 0 = none."})
     probe_file: str | None = field(
         default=None, metadata={"help": "Probe set for in-training log-prob probes (default: train/eval rows)."})
     probe_every: int = field(default=0, metadata={"help": "Probe every N optimizer steps (0 = off)."})
@@ -67,22 +71,34 @@ class DataArguments:
         check_lengths(self.max_length, self.max_prompt_length)  # fail before any model is loaded
 
 
-def parse_arguments(dataclass_types, defaults: dict, argv=None):
-    """Parse CLI flags into dataclasses, with script defaults and CPU-friendly device settings.
+def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | None = None,
+                    default_recipe: str | None = None):
+    """Parse CLI flags into dataclasses: script defaults < recipe (``--config``) < command line.
 
+    ``--config NAME_OR_PATH`` loads a YAML recipe (``recipes/<stage>/<NAME>.yaml``, see
+    ``fwdrev.recipes``; ``default_recipe`` without the flag); its path is kept in ``args.config``.
     On a machine without CUDA, training runs on CPU processes with the gloo backend. This has
     to be decided before the TrainingArguments exist: accelerate reads ``use_cpu`` to learn the
     world size, and the DeepSpeed ZeRO-3 config is registered when they are built, which must
     happen before the model is loaded.
     """
+    config, argv = pop_config_flag(list(sys.argv[1:] if argv is None else argv))
     parser = HfArgumentParser(dataclass_types)
+    recipe, recipe_file = {}, None
+    if config or default_recipe:
+        recipe_file = recipe_path(config or default_recipe, stage or "")
+        recipe = load_recipe(recipe_file, {action.dest for action in parser._actions})
     if not torch.cuda.is_available():
         cpu_defaults = {"use_cpu": True}
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
             cpu_defaults["ddp_backend"] = "gloo"
         defaults = {**cpu_defaults, **defaults}
-    parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=argv)
+    parser.set_defaults(**{**defaults, **recipe})
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    for group in parsed:
+        if hasattr(group, "config"):
+            group.config = str(recipe_file) if recipe_file else None
+    return parsed
 
 
 def setup_logging(training_args) -> None:
@@ -129,17 +145,39 @@ def load_reference_model(model_args: ModelArguments, training_args):
     return model.requires_grad_(False).eval()
 
 
-def split_train_eval(items: list, eval_size: float, seed: int) -> tuple[list, list]:
-    """Seeded random hold-out of ``eval_size`` items (fraction < 1 or count >= 1)."""
+def split_train_eval(items: list, eval_size: float, seed: int,
+                     groups: list | None = None) -> tuple[list, list]:
+    """Seeded hold-out of whole problems, ``eval_size`` rows (fraction < 1 or count >= 1).
+
+    ``groups`` holds each item's problem key: both rows of a problem (forward and reverse)
+    land on the same side. Problems are drawn in a seeded order until the hold-out has at
+    least ``eval_size`` rows; without groups every row is its own problem.
+    """
+    groups = list(range(len(items))) if groups is None else list(groups)
     count = int(round(eval_size * len(items))) if eval_size < 1 else int(eval_size)
     count = min(count, len(items) - 1)
     if count <= 0:
         return list(items), []
-    order = list(range(len(items)))
+    order = list(dict.fromkeys(groups))
     random.Random(seed).shuffle(order)
-    held_out = set(order[:count])
-    train = [item for i, item in enumerate(items) if i not in held_out]
-    return train, [item for i, item in enumerate(items) if i in held_out]
+    sizes = Counter(groups)
+    held_out, held_rows = set(), 0
+    for group in order:
+        if held_rows >= count:
+            break
+        if held_rows + sizes[group] < len(items):  # keep at least one training row
+            held_out.add(group)
+            held_rows += sizes[group]
+    train = [item for item, group in zip(items, groups) if group not in held_out]
+    return train, [item for item, group in zip(items, groups) if group in held_out]
+
+
+def problem_keys(frame, example_ids) -> list | None:
+    """The problem of each row (``fwdrev.splits.default_group_column``), None without that column."""
+    column = default_group_column(frame)
+    if column not in frame.columns:
+        return None
+    return [frame.at[example_id, column] for example_id in example_ids]
 
 
 def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, training_args,
@@ -155,7 +193,9 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
         data_args.drop_invalid_rows, tokenizer)
     items = encode_examples(tokenizer, data.examples, data_args.max_length,
                             data_args.max_prompt_length, data.report, include_rejected=with_rejected)
-    train_items, eval_items = split_train_eval(items, data_args.eval_size, training_args.seed)
+    train_items, eval_items = split_train_eval(
+        items, data_args.eval_size, training_args.seed,
+        problem_keys(data.frame, [item.example_id for item in items]))
     logger.info("%s\n  train rows: %d, eval rows: %d", data.report.summary(), len(train_items),
                 len(eval_items))
     if not eval_items:

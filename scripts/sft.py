@@ -26,8 +26,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
 from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import PairDataset  # noqa: E402
 from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,  # noqa: E402
@@ -39,21 +37,10 @@ from fwdrev.training import (MetricsCSVCallback, ModelArguments, finish_distribu
 
 logger = logging.getLogger("sft")
 
-# s1's recipe; every value can be overridden on the command line.
+# How the script runs; the hyper-parameters are in the recipe (recipes/sft/s1.yaml unless
+# --config names another, e.g. --config lora), and command-line flags override both.
 SFT_DEFAULTS = dict(
-    learning_rate=1e-5,
-    lr_scheduler_type="cosine",
-    warmup_steps=0.05,  # < 1: a fraction of the steps (s1: warmup ratio 0.05)
-    weight_decay=1e-4,
-    adam_beta1=0.9,
-    adam_beta2=0.95,
-    bf16=torch.cuda.is_available(),  # bf16 on GPU; CPU stays float32
-    num_train_epochs=6,
-    per_device_train_batch_size=1,
-    per_device_eval_batch_size=1,
-    gradient_accumulation_steps=1,
     logging_steps=1,
-    eval_size=0,
     eval_strategy="epoch",
     save_strategy="epoch",  # checkpoint-<step>/ for resuming; the analysis reads checkpoints/<epoch>
     save_total_limit=1,
@@ -61,11 +48,13 @@ SFT_DEFAULTS = dict(
     remove_unused_columns=False,
     save_only_model=False,
 )
+DEFAULT_RECIPE = "s1"
 
 
 def main(argv=None):
     model_args, data_args, args = parse_arguments(
-        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv)
+        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv,
+        stage="sft", default_recipe=DEFAULT_RECIPE)
     setup_logging(args)
     tokenizer = load_training_tokenizer(model_args)
     data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,

@@ -1,6 +1,7 @@
 """Recipes: YAML presets, the global batch size, and the original run's learning-rate schedule."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +61,77 @@ def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
         load_recipe(bad, {"learning_rate"})
     with pytest.raises(UsageError, match="not found"):
         load_recipe(tmp_path / "missing.yaml", set())
+
+
+def _parse_dpo(argv, monkeypatch, world_size=1):
+    from fwdrev.dpo_trainer import DPOArguments
+    from fwdrev.training import DataArguments, ModelArguments, parse_arguments
+
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    base = ["--model_name", "m", "--train_file_path", "d.parquet", "--output_dir", "o"]
+    return parse_arguments((ModelArguments, DataArguments, DPOArguments), {}, base + argv,
+                           stage="dpo", default_recipe="lora")
+
+
+def test_global_batch_sets_the_accumulation_steps(monkeypatch):
+    # (2+ processes: accumulation_steps above; TrainingArguments needs a real process group)
+    _, _, args = _parse_dpo(["--config", "original"], monkeypatch)
+    assert args.gradient_accumulation_steps == 16
+    _, _, args = _parse_dpo(["--config", "original", "--per_device_train_batch_size", "4"], monkeypatch)
+    assert args.gradient_accumulation_steps == 4
+
+
+def test_presets_resolve_to_the_documented_values_and_flags_override_them(monkeypatch):
+    model, data, args = _parse_dpo(["--config", "original"], monkeypatch)
+    assert (model.use_lora, args.precompute_ref_log_probs, args.learning_rate, args.lr_schedule,
+            args.warmup_steps, args.max_steps, args.save_steps, args.weight_decay, data.eval_size,
+            args.seed) == (False, False, 5e-7, "deepspeed_warmup_decay", 20, 50, 7, 0.05, 50, 42)
+    model, _, args = _parse_dpo(["--learning_rate", "1e-6"], monkeypatch)  # default recipe: lora
+    assert Path(args.config) == RECIPES_DIR / "dpo" / "lora.yaml"
+    assert (model.use_lora, model.lora_r, model.lora_alpha, args.learning_rate) == (True, 256, 512, 1e-6)
+
+
+def test_every_shipped_recipe_loads_with_its_script(monkeypatch):
+    from fwdrev.sft import SFTArguments, SFTDataArguments
+    from fwdrev.training import ModelArguments, parse_arguments
+
+    for path in sorted((RECIPES_DIR / "dpo").glob("*.yaml")):
+        _parse_dpo(["--config", str(path)], monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for path in sorted((RECIPES_DIR / "sft").glob("*.yaml")):
+        parse_arguments((ModelArguments, SFTDataArguments, SFTArguments), {},
+                        ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o",
+                         "--config", str(path)], stage="sft")
+
+
+@pytest.mark.slow
+def test_original_preset_run_keeps_seven_checkpoints_and_follows_its_schedule(tiny_model_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import REPO_ROOT, script_env
+
+    output_dir = tmp_path / "dpo_original"
+    command = [sys.executable, str(REPO_ROOT / "dpo" / "combined_dpo.py"), "--config", "original",
+               "--model_name", str(tiny_model_dir), "--train_file_path",
+               str(REPO_ROOT / "data-100samples.parquet"), "--output_dir", str(output_dir),
+               "--global_batch_size", "1", "--max_length", "96", "--max_prompt_length", "48",
+               "--eval_size", "0", "--report_to", "none"]
+    result = subprocess.run(command, capture_output=True, text=True, env=script_env(), timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    config = json.loads((output_dir / "run_config.json").read_text())
+    model_args, args = config["ModelArguments"], config["DPOArguments"]
+    assert model_args["use_lora"] is False and args["precompute_ref_log_probs"] is False
+    assert (args["learning_rate"], args["lr_schedule"], args["max_steps"], args["save_steps"]) == \
+        (5e-7, "deepspeed_warmup_decay", 50, 7)
+    steps = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*"))
+    assert steps == [14, 21, 28, 35, 42, 49, 50]  # every 7 steps and the last, newest 7 kept
+    # metrics.csv logs, at step k, the rate update k ran at
+    logged = pd.read_csv(output_dir / "metrics.csv").dropna(subset=["learning_rate"])
+    rate_of_update = dict(zip(logged["step"], logged["learning_rate"]))
+    assert rate_of_update[1] == rate_of_update[2] == 0.0
+    assert rate_of_update[20] == pytest.approx(5e-7 * math.log(19) / math.log(20), rel=1e-6)
+    assert rate_of_update[50] == pytest.approx(5e-7 * 2 / 30, rel=1e-6)
