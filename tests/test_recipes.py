@@ -135,3 +135,10 @@ def test_original_preset_run_keeps_seven_checkpoints_and_follows_its_schedule(ti
     assert rate_of_update[1] == rate_of_update[2] == 0.0
     assert rate_of_update[20] == pytest.approx(5e-7 * math.log(19) / math.log(20), rel=1e-6)
     assert rate_of_update[50] == pytest.approx(5e-7 * 2 / 30, rel=1e-6)
+
+
+def test_accumulation_on_the_command_line_overrides_the_recipes_global_batch(monkeypatch):
+    _, _, args = _parse_dpo(["--config", "original", "--gradient_accumulation_steps", "2"], monkeypatch)
+    assert args.gradient_accumulation_steps == 2 and args.global_batch_size is None
+    _, _, args = _parse_dpo(["--config", "original", "--gradient-accumulation-steps=3"], monkeypatch)
+    assert args.gradient_accumulation_steps == 3

@@ -27,7 +27,8 @@ from fwdrev.training import ModelArguments, parse_arguments
 SCRIPT = str(REPO_ROOT / "scripts" / "sft.py")
 SAMPLE = REPO_ROOT / "data-100samples.parquet"
 ZERO3_CPU = str(REPO_ROOT / "configs" / "ds_config_zero3_cpu.json")
-SMALL_RUN = ["--max_length", "256", "--max_prompt_length", "128", "--lora_r", "8", "--lora_alpha", "16",
+SMALL_RUN = ["--config", "lora", "--gradient_accumulation_steps", "1", "--max_length", "256",
+             "--max_prompt_length", "128", "--lora_r", "8", "--lora_alpha", "16",
              "--learning_rate", "1e-3", "--warmup_steps", "0"]
 
 
@@ -151,15 +152,16 @@ def test_forward_reverse_mixed_sets(shared_sample_path, sample_types, expected):
     assert len(data.examples) == sum(expected.values())  # D_f 50, D_r 50, D_m 100
 
 
-def test_defaults_are_s1s_and_response_field_alias():
+def test_default_recipe_is_s1s_and_response_field_alias():
     model, data, args = parse_arguments(
         (ModelArguments, SFTDataArguments, SFTArguments), sft_script().SFT_DEFAULTS,
-        ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o", "--response_field", "worse-text"])
+        ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o", "--response_field", "worse-text"],
+        stage="sft", default_recipe=sft_script().DEFAULT_RECIPE)
     assert data.chosen_field == "worse-text" and data.eval_size == 0
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (1e-5, "cosine", 0.05)
     assert (args.weight_decay, args.adam_beta1, args.adam_beta2) == (1e-4, 0.9, 0.95)
-    assert args.num_train_epochs == 6 and args.save_every_epoch and model.use_lora
-    assert args.bf16 == torch.cuda.is_available()
+    assert args.num_train_epochs == 6 and args.save_every_epoch and not model.use_lora  # s1: full
+    assert args.gradient_accumulation_steps == 16 and not args.bf16  # global batch 16; --bf16 is asked for
 
 
 # ---- training runs -----------------------------------------------------------------------
