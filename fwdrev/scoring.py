@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fwdrev.data import PreferenceData, load_preference_data
-from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
+from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
 from fwdrev.tokenization import (LengthSettingsError, TokenizedPair, check_lengths, collate_pairs,
                                  encode_examples)
 
@@ -89,9 +89,9 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_s
             batch_indices = order[start : start + batch_size]
             batch_pairs = [pairs[i] for i in batch_indices]
             batch = collate_pairs(batch_pairs, pad_token_id)  # chosen rows, then rejected rows
-            out = sequence_logprobs(model, batch["input_ids"].to(device),
-                                    batch["attention_mask"].to(device),
-                                    batch["labels"].to(device), chunk_size)
+            out = scoring_logprobs(model, batch["input_ids"].to(device),
+                                   batch["attention_mask"].to(device),
+                                   batch["labels"].to(device), chunk_size)
             stats = {name: values.cpu().tolist()
                      for name, values in response_stats(out.per_token, out.mask, first_k).items()}
             size = len(batch_pairs)
