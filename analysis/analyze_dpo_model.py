@@ -7,7 +7,8 @@
 
 Outputs in OUTPUT_DIR: scores.parquet and scores.csv (one row per example, columns
 ``fwdrev.scoring.SCORE_COLUMNS`` plus ``REWARD_COLUMNS`` with --ref_model_path), summary.json
-(per subset: means, preference accuracy, bootstrap 95% CIs of the mean deltas) and
+(per subset: the --scoring used, means, preference accuracy, bootstrap 95% CIs of the mean
+deltas) and
 data_report.json (rows used, excluded and truncated).
 """
 
@@ -70,7 +71,8 @@ def main(argv=None) -> None:
     step = args.step
     if step is None and (match := DPO_FOLDER.match(name)):
         step = int(match.group(1))
-    table = scores_table(score(model), sample_types_by_id(data), name, args.stage, args.epoch, step)
+    table = scores_table(score(model), sample_types_by_id(data), name, args.stage, args.epoch, step,
+                         args.scoring)
     if args.ref_model_path:
         del model  # one model in memory at a time
         free_memory()
@@ -86,7 +88,7 @@ def main(argv=None) -> None:
         for subset, values in summary.items():
             print(f"{subset:>10}: n={values['n']:4d}  mean delta_logp_mean="
                   f"{values['means']['delta_logp_mean']:+.4f}  accuracy={values['accuracy_by_mean']:.3f}")
-        print(f"wrote {output_dir}/scores.parquet, scores.csv, summary.json")
+        print(f"wrote {output_dir}/scores.parquet, scores.csv, summary.json (--scoring {args.scoring})")
     elif not shard.launched:
         print(f"shard {shard.index} of {shard.count} written; the last shard to finish merges")
     shard.close()

@@ -10,7 +10,8 @@ Checkpoints: ``CHECKPOINT_DIR/<epoch>`` (SFT) or ``CHECKPOINT_DIR/checkpoint-<st
 loaded once, adapters are swapped) or a full model.
 
 Outputs in OUTPUT_DIR: all / first50 / last50 (.parquet and .csv; one row per checkpoint and
-example, columns ``fwdrev.scoring.SCORE_COLUMNS``), summary.csv (per checkpoint and subset),
+example, columns ``fwdrev.scoring.SCORE_COLUMNS``, with the --scoring used), summary.csv
+(per checkpoint and subset),
 data_report.json, scoring_settings.json and parts/<checkpoint>.part (one finished checkpoint
 each). Rerunning skips the checkpoints already scored, so an interrupted run resumes.
 """
@@ -29,8 +30,8 @@ from fwdrev.checkpoints import (CheckpointModels, base_checkpoint, discover_chec
                                 parse_epochs)
 from fwdrev.io import write_json, write_table  # noqa: E402
 from fwdrev.modeling import load_tokenizer, pick_attn_implementation  # noqa: E402
-from fwdrev.scoring import (add_scoring_arguments, checkpoint_summary, load_scoring_pairs,  # noqa: E402
-                            pair_length, sample_types_by_id, score_pairs, scores_table,
+from fwdrev.scoring import (META_COLUMNS, add_scoring_arguments, checkpoint_summary,  # noqa: E402
+                            load_scoring_pairs, pair_length, sample_types_by_id, score_pairs, scores_table,
                             parse_scoring_args, scoring_dtype, subset_frames)
 from fwdrev.sharding import current_shard, gather_table  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
@@ -39,7 +40,7 @@ TABLE_SUBSETS = ("all", "first50", "last50")
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.
 SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
                   "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
-                  "base_model", "checkpoint_dir")
+                  "base_model", "checkpoint_dir", "scoring")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +68,7 @@ def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
     path = output_dir / "scoring_settings.json"
     if path.is_file():
         saved = json.loads(path.read_text())
+        saved.setdefault("scoring", "response")  # the only scoring before --scoring existed
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if changed:
             raise SystemExit(f"error: {output_dir} holds results scored with other settings "
@@ -75,12 +77,20 @@ def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
         write_json(path, settings)
 
 
-def rebuild_tables(output_dir: Path) -> pd.DataFrame | None:
+def read_part(path: Path, scoring: str) -> pd.DataFrame:
+    """A finished part; one written before --scoring existed gets its (checked) scoring column."""
+    part = pd.read_parquet(path)
+    if "scoring" not in part:
+        part.insert(META_COLUMNS.index("scoring"), "scoring", scoring)
+    return part
+
+
+def rebuild_tables(output_dir: Path, scoring: str) -> pd.DataFrame | None:
     """Merge the finished parts into the subset tables and summary.csv (each written atomically)."""
     parts = sorted((output_dir / "parts").glob("*.part"))
     if not parts:
         return None
-    table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    table = pd.concat([read_part(p, scoring) for p in parts], ignore_index=True)
     table = table.sort_values(["epoch", "example_id"], kind="stable").reset_index(drop=True)
     subsets = subset_frames(table, per_sample_type=False)
     for name in TABLE_SUBSETS:
@@ -129,12 +139,12 @@ def main(argv=None) -> None:
                                  first_k=args.max_tokens, chunk_size=args.logprob_chunk_size,
                                  device=device, progress=shard.is_main)
         table = scores_table(scores, sample_types, checkpoint.name, checkpoint.stage,
-                             checkpoint.epoch, checkpoint.step)
+                             checkpoint.epoch, checkpoint.step, args.scoring)
         if gather_table(shard, table, part_file(checkpoint), [p.example_id for p in pairs]) is not None:
-            rebuild_tables(output_dir)
+            rebuild_tables(output_dir, args.scoring)
             print(f"checkpoint {checkpoint.name} scored")
     if shard.is_main or not shard.launched:
-        table = rebuild_tables(output_dir)
+        table = rebuild_tables(output_dir, args.scoring)
         if table is not None:
             print(f"wrote {output_dir}: {table['checkpoint'].nunique()} checkpoints, "
                   f"{len(table)} rows in all.parquet/.csv")

@@ -18,10 +18,11 @@ DPO_BASE_MODEL="${DPO_BASE_MODEL:-${BASE_MODEL}}"  # what DPO's adapters sit on:
 DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/analysis}"
 REF_MODEL_PATH="${REF_MODEL_PATH:-}"            # DPO's reference (the SFT adapter it started from): adds rewards
+SCORING="${SCORING:-response}"                  # response, or original (the published figure's scoring)
 
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export BASE_MODEL DATASET_PATH
+export BASE_MODEL DATASET_PATH SCORING
 
 echo "== DPO model: ${DPO_MODEL}"
 BASE_MODEL="${DPO_BASE_MODEL}" MODEL_PATH="${DPO_MODEL}" REF_MODEL_PATH="${REF_MODEL_PATH}" \

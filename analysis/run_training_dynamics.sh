@@ -18,6 +18,7 @@ MAX_TOKENS="${MAX_TOKENS:-1000}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"  # must stay below MAX_LENGTH
 BATCH_SIZE="${BATCH_SIZE:-2}"
+SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (README)
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
 require_path "base model" "${BASE_MODEL}"
@@ -32,5 +33,5 @@ launch "${REPO_ROOT}/analysis/analyze_training_dynamics.py" \
     --base_model "${BASE_MODEL}" --checkpoint_dir "${CHECKPOINT_DIR}" \
     --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" --stage "${STAGE}" \
     --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
-    --max_prompt_length "${MAX_PROMPT_LENGTH}" --batch_size "${BATCH_SIZE}" \
+    --max_prompt_length "${MAX_PROMPT_LENGTH}" --batch_size "${BATCH_SIZE}" --scoring "${SCORING}" \
     "${optional[@]}" "$@"

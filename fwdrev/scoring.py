@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from fwdrev.data import PreferenceData, load_preference_data
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
+from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
 from fwdrev.tokenization import (LengthSettingsError, TokenizedPair, check_lengths, collate_pairs,
                                  encode_examples)
 
@@ -26,7 +27,7 @@ STAT_NAMES = ["num_tokens", "logp_sum", "logp_mean", "logp_max",
               "num_tokens_first_k", "logp_sum_first_k", "logp_mean_first_k", "logp_max_first_k"]
 DELTA_STATS = ["logp_sum", "logp_mean", "logp_max",
                "logp_sum_first_k", "logp_mean_first_k", "logp_max_first_k"]
-META_COLUMNS = ["checkpoint", "stage", "epoch", "step", "example_id", "sample_type"]
+META_COLUMNS = ["checkpoint", "stage", "epoch", "step", "example_id", "sample_type", "scoring"]
 SCORE_COLUMNS = (META_COLUMNS + [f"{side}_{name}" for side in SIDES for name in STAT_NAMES]
                  + [f"delta_{name}" for name in DELTA_STATS])
 REWARD_COLUMNS = ["ref_chosen_logp_sum", "ref_rejected_logp_sum", "chosen_reward",
@@ -108,14 +109,18 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_s
 
 
 def scores_table(scores: pd.DataFrame, sample_types: dict[int, str | None], checkpoint: str,
-                 stage: str, epoch: int, step: int | None) -> pd.DataFrame:
-    """Add the checkpoint and example metadata to ``score_pairs`` output (``SCORE_COLUMNS`` order)."""
+                 stage: str, epoch: int, step: int | None, scoring: str = "response") -> pd.DataFrame:
+    """Add the checkpoint and example metadata to ``score_pairs`` output (``SCORE_COLUMNS`` order).
+
+    ``scoring``: the --scoring the pairs were encoded with (see ``fwdrev.original_scoring``).
+    """
     table = scores.copy()
     table.insert(0, "checkpoint", str(checkpoint))
     table.insert(1, "stage", str(stage))
     table.insert(2, "epoch", np.int64(epoch))
     table.insert(3, "step", pd.array([step] * len(table), dtype="Int64"))
     table.insert(5, "sample_type", [sample_types.get(i) or "unknown" for i in table["example_id"]])
+    table["scoring"] = scoring
     counts = [c for c in SCORE_COLUMNS if c == "example_id" or "num_tokens" in c]
     table = table.astype({c: "int64" for c in counts})
     extra = [c for c in table.columns if c not in SCORE_COLUMNS]
@@ -167,6 +172,8 @@ def summarize_subset(frame: pd.DataFrame, seed: int = 0) -> dict:
     summary = {"n": int(len(frame)), "means": {c: _float(frame[c].mean()) for c in numeric},
                "accuracy_by_mean": _share_positive(frame["delta_logp_mean"]),
                "accuracy_by_sum": _share_positive(frame["delta_logp_sum"])}
+    if "scoring" in frame:
+        summary["scoring"] = table_scoring(frame)
     ci_columns = [c for c in numeric if c.startswith("delta_")]
     if "reward_margin" in frame:
         summary["reward_accuracy"] = _share_positive(frame["reward_margin"])
@@ -188,10 +195,19 @@ def checkpoint_summary(table: pd.DataFrame) -> pd.DataFrame:
         for subset, frame in subset_frames(rows_of_checkpoint).items():
             rows.append({"checkpoint": first["checkpoint"], "stage": first["stage"],
                          "epoch": first["epoch"], "step": first["step"], "subset": subset,
+                         "scoring": table_scoring(frame) if "scoring" in frame else None,
                          "n": len(frame), **{c: frame[c].mean() for c in SUMMARY_MEANS},
                          "accuracy_by_mean": _share_positive(frame["delta_logp_mean"]),
                          "accuracy_by_sum": _share_positive(frame["delta_logp_sum"])})
     return pd.DataFrame(rows).astype({"step": "Int64"})
+
+
+def table_scoring(table: pd.DataFrame) -> str:
+    """The one --scoring of a score table; scores of two scorings are never averaged together."""
+    scorings = sorted(table["scoring"].dropna().unique())
+    if len(scorings) != 1:
+        raise ValueError(f"score table holds scorings {scorings}; expected exactly one")
+    return str(scorings[0])
 
 
 def _share_positive(values: pd.Series) -> float:
@@ -228,6 +244,11 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Split the examples over this many separate runs (with --shard_id); "
                              "the last run to finish merges. Under torchrun: the world size.")
     parser.add_argument("--shard_id", type=int, default=None, help="This run's shard, 0-based.")
+    parser.add_argument("--scoring", choices=SCORINGS, default="response",
+                        help="response: the response tokens after the conversation's own prompt; "
+                             "original: the original analysis's definition, which the published "
+                             "figure used (fixed prompt + the question column, whole conversation "
+                             "as completion, first --max_tokens tokens minus the first; see README).")
 
 
 def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -237,6 +258,9 @@ def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.N
         check_lengths(args.max_length, args.max_prompt_length)
     except LengthSettingsError as error:
         parser.error(str(error))
+    if args.scoring == "original" and args.max_tokens < MIN_MAX_TOKENS:
+        parser.error(f"--scoring original needs --max_tokens >= {MIN_MAX_TOKENS} (it drops the "
+                     f"first of the first --max_tokens tokens), got {args.max_tokens}")
     return args
 
 
@@ -245,8 +269,13 @@ def load_scoring_pairs(args, tokenizer) -> tuple[PreferenceData, list[TokenizedP
     data = load_preference_data(args.dataset_path, args.prompt_field, args.chosen_field,
                                 args.rejected_field, args.sample_types, args.drop_invalid_rows,
                                 tokenizer)
-    pairs = encode_examples(tokenizer, data.examples, args.max_length, args.max_prompt_length,
-                            data.report)
+    if args.scoring == "original":
+        pairs = encode_original_examples(tokenizer, data, args.prompt_field, args.chosen_field,
+                                         args.rejected_field, args.max_tokens, args.max_length,
+                                         args.max_prompt_length, args.drop_invalid_rows)
+    else:
+        pairs = encode_examples(tokenizer, data.examples, args.max_length, args.max_prompt_length,
+                                data.report)
     return data, pairs
 
 

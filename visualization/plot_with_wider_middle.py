@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from fwdrev import figures  # noqa: E402
 
@@ -30,6 +31,9 @@ CAPTION = (
     r"band marks where $y^+$ and $y^-$ separate. (c) Gap $\Delta = y^+ - y^-$ on a scale that widens "
     r"the shaded band."
 )
+
+
+PAPER_SCORING = "original"  # the published values came from the original analysis's scoring
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
@@ -65,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dpi", type=int, default=400)
     p.add_argument("--usetex", action="store_true", help="render text with LaTeX (mathtext, with a warning, when no LaTeX is installed)")
     p.add_argument("--label", default="fig:wider_middle", help=r"\label of the .tex snippet")
+    p.add_argument("--allow_mixed_scoring", action="store_true",
+                   help="plot inputs scored with different --scoring definitions together "
+                        "(refused by default: their log-probs are not comparable)")
     args = p.parse_args(argv)
     try:
         args.colors = dict(_pair(t, "--colors") for t in args.colors)
@@ -87,8 +94,45 @@ def load_series(args):
     return figures.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset)
 
 
+def input_scorings(args) -> dict[str, set[str]]:
+    """Each input of the figure -> the --scoring(s) its log-probs were computed with."""
+    if args.paper:
+        return {"published values (--paper)": {PAPER_SCORING}}
+    if args.series_csv:
+        if "scoring" not in pd.read_csv(args.series_csv, nrows=0).columns:
+            return {}  # a tidy CSV need not say
+        return {args.series_csv: set(pd.read_csv(args.series_csv)["scoring"].dropna().astype(str))}
+    scorings = {}
+    for train_set in figures.SETS:
+        for stage in figures.STAGES:
+            path = figures.find_stage_table(args.results_dir, train_set, stage, args.subset)
+            if path is None:
+                continue
+            if "scoring" in figures.table_columns(path):
+                values = figures.read_table(path, ["scoring"])["scoring"].dropna().astype(str)
+                scorings[str(path)] = set(values)
+            else:
+                scorings[str(path)] = {"response"}  # written before --scoring existed
+    return scorings
+
+
+def check_scorings(scorings: dict[str, set[str]], allow_mixed: bool) -> str | None:
+    """The scoring of all inputs; mixed scorings stop the run (exit 2) unless allowed."""
+    every = sorted(set().union(*scorings.values()))
+    if len(every) > 1 and not allow_mixed:
+        listing = "; ".join(f"{source}: {', '.join(sorted(values))}" for source, values in scorings.items())
+        print(f"error: the inputs mix log-prob scorings ({listing}); values of different scorings "
+              "are not comparable: rescore with one --scoring, or pass --allow_mixed_scoring",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return "+".join(every) or None
+
+
 def main(argv=None) -> list:
     args = parse_args(argv)
+    scoring = check_scorings(input_scorings(args), args.allow_mixed_scoring)
+    if scoring:
+        print(f"scoring: {scoring}")
     series = load_series(args)
     if series.empty:
         sys.exit("no values to plot (check the input and --subset)")
@@ -104,6 +148,8 @@ def main(argv=None) -> list:
         paths = figures.save_figure(result.fig, args.output_stem, dpi=args.dpi)
     plt.close(result.fig)
     caption = CAPTION + (r" Values published by Deng et al.\ (arXiv:2509.13079)." if args.paper else "")
+    if scoring:
+        caption += rf" Log-probs scored with \texttt{{--scoring {scoring}}}."
     paths.append(figures.write_tex_snippet(args.output_stem, caption, args.label))
     for note in result.notes:
         print(f"note: {note}")
