@@ -7,9 +7,9 @@
 
 Outputs in OUTPUT_DIR: scores.parquet and scores.csv (one row per example, columns
 ``fwdrev.scoring.SCORE_COLUMNS`` plus ``REWARD_COLUMNS`` with --ref_model_path), summary.json
-(per subset: the --scoring used, means, preference accuracy, bootstrap 95% CIs of the mean
-deltas) and
-data_report.json (rows used, excluded and truncated).
+(per subset: the --scoring used, means, preference accuracies ``pref_acc_first_k`` /
+``pref_acc_full`` / ``pref_acc_full_by_sum``, 95% CIs of the mean deltas from a bootstrap over
+problems, the ``group_id`` column) and data_report.json (rows used, excluded and truncated).
 """
 
 import argparse
@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fwdrev.checkpoints import DPO_FOLDER, free_memory  # noqa: E402
 from fwdrev.io import write_json, write_table  # noqa: E402
 from fwdrev.modeling import load_for_scoring  # noqa: E402
-from fwdrev.scoring import (add_reward_columns, add_scoring_arguments, load_scoring_pairs,  # noqa: E402
+from fwdrev.scoring import (add_group_argument, add_group_ids, problem_group_ids,  # noqa: E402
+                            add_reward_columns, add_scoring_arguments, load_scoring_pairs,
                             pair_length, sample_types_by_id, score_pairs, scores_table,
                             parse_scoring_args, scoring_dtype, summarize_scores)
 from fwdrev.sharding import current_shard, gather_table  # noqa: E402
@@ -44,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--step", type=int, default=None,
                         help="'step' column (default: N of a checkpoint-N folder, else empty).")
     add_scoring_arguments(parser)
+    add_group_argument(parser)
     return parse_scoring_args(parser, argv)
 
 
@@ -56,6 +58,7 @@ def main(argv=None) -> None:
     model, tokenizer = load_for_scoring(args.model_path, args.base_model, dtype, device,
                                         args.use_flash_attention)
     data, pairs = load_scoring_pairs(args, tokenizer)
+    group_ids = problem_group_ids(data.frame, args.group_field, args.dataset_path)
     if shard.is_main:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")
@@ -79,6 +82,7 @@ def main(argv=None) -> None:
         reference, _ = load_for_scoring(args.ref_model_path, args.base_model, dtype, device,
                                         args.use_flash_attention)
         table = add_reward_columns(table, score(reference), args.beta)
+    table = add_group_ids(table, group_ids)
 
     merged = gather_table(shard, table, output_dir / "scores.parquet", [p.example_id for p in pairs])
     if merged is not None:
@@ -87,7 +91,7 @@ def main(argv=None) -> None:
         write_json(output_dir / "summary.json", summary)
         for subset, values in summary.items():
             print(f"{subset:>10}: n={values['n']:4d}  mean delta_logp_mean="
-                  f"{values['means']['delta_logp_mean']:+.4f}  accuracy={values['accuracy_by_mean']:.3f}")
+                  f"{values['means']['delta_logp_mean']:+.4f}  pref_acc_full={values['pref_acc_full']:.3f}")
         print(f"wrote {output_dir}/scores.parquet, scores.csv, summary.json (--scoring {args.scoring})")
     elif not shard.launched:
         print(f"shard {shard.index} of {shard.count} written; the last shard to finish merges")

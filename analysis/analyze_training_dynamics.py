@@ -10,8 +10,8 @@ Checkpoints: ``CHECKPOINT_DIR/<epoch>`` (SFT) or ``CHECKPOINT_DIR/checkpoint-<st
 loaded once, adapters are swapped) or a full model.
 
 Outputs in OUTPUT_DIR: all / first50 / last50 (.parquet and .csv; one row per checkpoint and
-example, columns ``fwdrev.scoring.SCORE_COLUMNS``, with the --scoring used), summary.csv
-(per checkpoint and subset),
+example, columns ``fwdrev.scoring.SCORE_COLUMNS`` with the --scoring used, and ``group_id``,
+the problem of the row), summary.csv (per checkpoint and subset),
 data_report.json, scoring_settings.json and parts/<checkpoint>.part (one finished checkpoint
 each). Rerunning skips the checkpoints already scored, so an interrupted run resumes.
 """
@@ -30,7 +30,8 @@ from fwdrev.checkpoints import (CheckpointModels, base_checkpoint, discover_chec
                                 parse_epochs)
 from fwdrev.io import write_json, write_table  # noqa: E402
 from fwdrev.modeling import load_tokenizer, pick_attn_implementation  # noqa: E402
-from fwdrev.scoring import (META_COLUMNS, add_scoring_arguments, checkpoint_summary,  # noqa: E402
+from fwdrev.scoring import (META_COLUMNS, add_group_argument, add_group_ids,  # noqa: E402
+                            problem_group_ids, add_scoring_arguments, checkpoint_summary,
                             load_scoring_pairs, pair_length, sample_types_by_id, score_pairs, scores_table,
                             parse_scoring_args, scoring_dtype, subset_frames)
 from fwdrev.sharding import current_shard, gather_table  # noqa: E402
@@ -55,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--include_base", action="store_true",
                         help="Also score the base model (checkpoint 'base', epoch 0).")
     add_scoring_arguments(parser)
+    add_group_argument(parser)
     return parse_scoring_args(parser, argv)
 
 
@@ -85,13 +87,17 @@ def read_part(path: Path, scoring: str) -> pd.DataFrame:
     return part
 
 
-def rebuild_tables(output_dir: Path, scoring: str) -> pd.DataFrame | None:
-    """Merge the finished parts into the subset tables and summary.csv (each written atomically)."""
+def rebuild_tables(output_dir: Path, scoring: str, group_ids: dict[int, int]) -> pd.DataFrame | None:
+    """Merge the finished parts into the subset tables and summary.csv (each written atomically).
+
+    The problem key comes from this run's data (parts hold scores only), so it is never stale.
+    """
     parts = sorted((output_dir / "parts").glob("*.part"))
     if not parts:
         return None
     table = pd.concat([read_part(p, scoring) for p in parts], ignore_index=True)
     table = table.sort_values(["epoch", "example_id"], kind="stable").reset_index(drop=True)
+    table = add_group_ids(table, group_ids)
     subsets = subset_frames(table, per_sample_type=False)
     for name in TABLE_SUBSETS:
         for suffix in (".parquet", ".csv"):
@@ -113,6 +119,7 @@ def main(argv=None) -> None:
 
     tokenizer = load_tokenizer(args.base_model)  # every checkpoint is scored on the same tokens
     data, pairs = load_scoring_pairs(args, tokenizer)
+    group_ids = problem_group_ids(data.frame, args.group_field, args.dataset_path)
     if shard.is_main:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")
@@ -141,10 +148,10 @@ def main(argv=None) -> None:
         table = scores_table(scores, sample_types, checkpoint.name, checkpoint.stage,
                              checkpoint.epoch, checkpoint.step, args.scoring)
         if gather_table(shard, table, part_file(checkpoint), [p.example_id for p in pairs]) is not None:
-            rebuild_tables(output_dir, args.scoring)
+            rebuild_tables(output_dir, args.scoring, group_ids)
             print(f"checkpoint {checkpoint.name} scored")
     if shard.is_main or not shard.launched:
-        table = rebuild_tables(output_dir, args.scoring)
+        table = rebuild_tables(output_dir, args.scoring, group_ids)
         if table is not None:
             print(f"wrote {output_dir}: {table['checkpoint'].nunique()} checkpoints, "
                   f"{len(table)} rows in all.parquet/.csv")

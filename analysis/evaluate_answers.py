@@ -2,14 +2,19 @@
 
     python analysis/evaluate_answers.py --model_path ./outputs/dpo_m \\
         --dataset_path ./data/your_dataset.parquet --output_dir ./outputs/answers \\
-        [--max_new_tokens 2048] [--batch_size 8] [--sample_types original,flipped]
+        [--max_new_tokens N] [--batch_size 8] [--sample_types original,flipped]
 
 The prompt is the one scored by the analysis (the conversation up to the assistant header, or
 the chat-template rendering of a plain question). The final answer is the text after
 ``<|im_start|>answer\\nAnswer:`` (else the last ``Answer:`` or ``\\boxed{}``); it is correct
 when it equals the gold answer of GOLD_FIELD (numbers compared as numbers).
+
+The default token budget is the length of the longest reference trace (the chosen response,
+in the model's tokens), so a model that writes as long as the data is not cut off. A generation
+that uses the whole budget without an answer is counted as no_answer_at_budget, not as wrong.
 Outputs in OUTPUT_DIR: answers.csv (example_id, sample_type, generated, extracted, gold,
-correct) and accuracy.json (overall and per sample_type).
+correct, hit_budget, outcome) and accuracy.json (overall and per sample_type: n, n_correct,
+accuracy, n_wrong, n_no_answer_at_budget, no_answer_at_budget_rate, max_new_tokens).
 """
 
 import argparse
@@ -22,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pandas as pd  # noqa: E402
 
-from fwdrev.answers import accuracy_by_sample_type, generate_greedy, gold_answer, grade_generations  # noqa: E402
+from fwdrev.answers import (accuracy_by_sample_type, generate_greedy_outputs, gold_answer,  # noqa: E402
+                            grade_generations, reference_budget)
 from fwdrev.data import DataValidationError, load_preference_data  # noqa: E402
 from fwdrev.io import write_json, write_table  # noqa: E402
 from fwdrev.modeling import load_for_scoring  # noqa: E402
@@ -31,7 +37,8 @@ from fwdrev.sharding import Shard  # noqa: E402
 from fwdrev.tokenization import truncate_prompt  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
 
-ANSWER_COLUMNS = ["example_id", "sample_type", "generated", "extracted", "gold", "correct"]
+ANSWER_COLUMNS = ["example_id", "sample_type", "generated", "extracted", "gold", "correct", "hit_budget",
+                  "outcome"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset_path", required=True, help="Parquet or JSONL preference file.")
     parser.add_argument("--output_dir", default="./outputs/answers")
     parser.add_argument("--base_model", default=None, help="Base of a LoRA adapter (default: its config's).")
-    parser.add_argument("--max_new_tokens", type=int, default=2048)
+    parser.add_argument("--max_new_tokens", type=int, default=None,
+                        help="Token budget per generation (default: the longest chosen response in "
+                             "the data, in the model's tokens).")
     parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call.")
     parser.add_argument("--max_prompt_length", type=int, default=2048, help="Max prompt tokens (end kept).")
     parser.add_argument("--sample_types", default=None, help="e.g. 'original,flipped' (default: all).")
@@ -65,16 +74,22 @@ def main(argv=None) -> None:
                                   f"available columns: {list(data.frame.columns)}")
     prompt_ids = [truncate_prompt(tokenizer(e.prompt, add_special_tokens=False)["input_ids"],
                                   args.max_prompt_length)[0] for e in data.examples]
-    generated = generate_greedy(model, tokenizer, prompt_ids, args.max_new_tokens,
-                                args.batch_size, progress=True)
+    budget, source = args.max_new_tokens, "--max_new_tokens"
+    if budget is None:
+        budget, longest = reference_budget(tokenizer, data.examples)
+        source = f"longest chosen response (row {longest})"
+    print(f"token budget: {budget} ({source})")
+    generated = generate_greedy_outputs(model, tokenizer, prompt_ids, budget, args.batch_size, progress=True)
     records = pd.DataFrame({
         "example_id": [e.example_id for e in data.examples],
         "sample_type": [e.sample_type or "unknown" for e in data.examples],
-        "generated": generated,
+        "generated": [g.text for g in generated],
         "gold": [gold_answer(data.frame.loc[e.example_id, args.gold_field]) for e in data.examples],
+        "hit_budget": [g.hit_budget for g in generated],
     })
     graded = grade_generations(records)[ANSWER_COLUMNS]
-    accuracy = accuracy_by_sample_type(graded)
+    accuracy = {name: {**counts, "max_new_tokens": budget}
+                for name, counts in accuracy_by_sample_type(graded).items()}
     output_dir = Path(args.output_dir)
     write_table(graded, output_dir / "answers.csv")
     write_json(output_dir / "accuracy.json", accuracy)

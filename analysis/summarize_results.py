@@ -1,8 +1,14 @@
 """Print the study's summary table from analysis outputs (and save it as CSV).
 
 Per train set (D_f, D_r, D_m), stage and epoch, for the test sets T_f (forward questions) and
-T_r (reverse questions): mean per-token log-prob of y+ and y- over the first K response
-tokens, delta = y+ - y-, and preference accuracy (share of test examples with delta > 0).
+T_r (reverse questions): mean per-token log-prob of y+ (the trace whose direction matches the
+question) and y- (the opposite direction) over the first K response tokens, delta = y+ - y-
+with its 95% CI, and two preference accuracies (share of test examples with delta > 0): by
+the first K response tokens (acc first-K) and by the whole response (acc full).
+
+The CI is a percentile bootstrap over problems: a problem's original and flipped row score the
+same two traces with the roles swapped, so they are drawn together (the tables' ``group_id``
+column; for tables scored by an older version, give the data file with --dataset_path).
 
     python analysis/summarize_results.py --results_dir outputs/quickstart/analysis
 """
@@ -13,8 +19,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fwdrev.cli import UsageError, run_cli  # noqa: E402
+from fwdrev.data import read_table  # noqa: E402
 from fwdrev.figures import summary_table  # noqa: E402
 from fwdrev.io import write_table  # noqa: E402
+from fwdrev.scoring import add_group_argument, problem_group_ids  # noqa: E402
 
 NAMES = {"f": "D_f", "r": "D_r", "m": "D_m"}
 
@@ -24,7 +33,7 @@ def format_summary(summary, test_sets=("f", "r")) -> str:
     header = ["train", "stage", "epoch"]
     for test_set in test_sets:
         t = f"T_{test_set}"
-        header += [f"{t} y+", f"{t} y-", f"{t} delta", f"{t} acc"]
+        header += [f"{t} y+", f"{t} y-", f"{t} delta [95% CI]", f"{t} acc first-K", f"{t} acc full"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = ["train_set", "stage", "epoch"]
     for (train_set, stage, epoch), group in summary.groupby(keys, sort=False):
@@ -33,10 +42,11 @@ def format_summary(summary, test_sets=("f", "r")) -> str:
         for test_set in test_sets:
             if test_set in by_test.index:
                 row = by_test.loc[test_set]
-                cells += [f"{row.y_plus:.3f}", f"{row.y_minus:.3f}", f"{row.delta:+.3f}",
-                          f"{row.pref_acc:.2f}"]
+                cells += [f"{row.y_plus:.3f}", f"{row.y_minus:.3f}",
+                          f"{row.delta:+.3f} [{row.delta_ci_low:+.3f}, {row.delta_ci_high:+.3f}]",
+                          f"{row.pref_acc_first_k:.2f}", f"{row.pref_acc_full:.2f}"]
             else:
-                cells += ["-"] * 4
+                cells += ["-"] * 5
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -47,8 +57,18 @@ def main(argv=None):
     parser.add_argument("--metric", default="logp_mean_first_k",
                         help="Column suffix: logp_mean_first_k (paper), logp_mean, logp_sum, ...")
     parser.add_argument("--output_csv", default=None, help="Default: RESULTS_DIR/summary.csv")
+    parser.add_argument("--dataset_path", default=None,
+                        help="Data file the tables were scored on: maps example_id to its problem "
+                             "for tables without a group_id column (older outputs).")
+    add_group_argument(parser)
     args = parser.parse_args(argv)
-    summary = summary_table(args.results_dir, metric=args.metric)
+    group_ids = None
+    if args.dataset_path:
+        group_ids = problem_group_ids(read_table(args.dataset_path), args.group_field, args.dataset_path)
+    try:
+        summary = summary_table(args.results_dir, metric=args.metric, group_ids=group_ids)
+    except (KeyError, ValueError) as error:
+        raise UsageError(str(error)) from None
     if summary.empty:
         sys.exit(f"error: no analysis tables under {args.results_dir}")
     order = {"f": 0, "r": 1, "m": 2}
@@ -60,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

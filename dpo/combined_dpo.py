@@ -1,4 +1,4 @@
-"""LoRA-DPO on forward (y+) vs. reverse (y-) reasoning traces.
+"""LoRA-DPO: y+ (the trace whose direction matches the question) vs. y- (the opposite direction).
 
 Multi-GPU (DeepSpeed ZeRO-3, CPU offload):
     torchrun --nproc_per_node=4 dpo/combined_dpo.py \

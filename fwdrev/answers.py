@@ -3,7 +3,8 @@
 The study's traces end with ``<|im_start|>answer\\nAnswer: <final answer><|im_end|>``; free-form
 outputs fall back to the last ``Answer:`` (also ``**Answer**:``) or the last ``\\boxed{...}``.
 Two answers match when both read as numbers that are equal, else when their normalized texts
-are equal.
+are equal. A generation that used the whole token budget without giving an answer is counted
+as ``no_answer_at_budget``, apart from wrong answers: a longer budget might have finished it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
+from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+
+from fwdrev.tokenization import encode_response
 
 ANSWER_MARKER = "<|im_start|>answer\nAnswer:"
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
@@ -91,33 +96,71 @@ def gold_answer(solution) -> str | None:
 
 
 def grade_generations(records: pd.DataFrame) -> pd.DataFrame:
-    """Add ``extracted`` and ``correct`` to rows with ``generated`` and ``gold`` columns."""
+    """Add ``extracted`` and ``correct`` to rows with ``generated`` and ``gold`` columns.
+
+    With a ``hit_budget`` column (the generation used every allowed token) also ``outcome``:
+    correct, wrong or no_answer_at_budget (no answer extracted and the budget used up).
+    """
     graded = records.copy()
     graded["extracted"] = graded["generated"].map(extract_answer)
     graded["correct"] = [answers_match(p, g) for p, g in zip(graded["extracted"], graded["gold"])]
+    if "hit_budget" in graded:
+        cut_off = graded["hit_budget"].astype(bool) & graded["extracted"].isna()
+        graded["outcome"] = np.where(graded["correct"], "correct",
+                                     np.where(cut_off, "no_answer_at_budget", "wrong"))
     return graded
 
 
 def accuracy_by_sample_type(graded: pd.DataFrame) -> dict[str, dict]:
-    """{'all': {...}, <sample_type>: {...}} with n, n_correct and accuracy."""
+    """{'all': {...}, <sample_type>: {...}} with n, n_correct and accuracy (n_correct / n).
+
+    With ``outcome`` also n_wrong, n_no_answer_at_budget and no_answer_at_budget_rate.
+    """
     groups = {"all": graded, **{str(t): rows for t, rows in graded.groupby("sample_type", sort=True)}}
-    return {name: {"n": int(len(rows)), "n_correct": int(rows["correct"].sum()),
-                   "accuracy": float(rows["correct"].mean()) if len(rows) else float("nan")}
-            for name, rows in groups.items()}
+    result = {}
+    for name, rows in groups.items():
+        n = len(rows)
+        result[name] = {"n": int(n), "n_correct": int(rows["correct"].sum()),
+                        "accuracy": float(rows["correct"].mean()) if n else float("nan")}
+        if "outcome" in rows:
+            cut_off = int((rows["outcome"] == "no_answer_at_budget").sum())
+            result[name].update({"n_wrong": int((rows["outcome"] == "wrong").sum()),
+                                 "n_no_answer_at_budget": cut_off,
+                                 "no_answer_at_budget_rate": cut_off / n if n else float("nan")})
+    return result
+
+
+def reference_budget(tokenizer, examples) -> tuple[int, int]:
+    """(tokens, example_id) of the longest chosen response, as the analysis tokenizes it."""
+    lengths = {e.example_id: len(encode_response(tokenizer, e.chosen, e.shape == "plain")) for e in examples}
+    longest = max(lengths, key=lengths.get)
+    return lengths[longest], longest
+
+
+class Generation(NamedTuple):
+    text: str
+    hit_budget: bool  # stopped by the token budget: no end-of-sequence token
 
 
 def generate_greedy(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
                     batch_size: int = 8, progress: bool = False) -> list[str]:
+    """Texts of :func:`generate_greedy_outputs`."""
+    return [g.text for g in generate_greedy_outputs(model, tokenizer, prompt_ids, max_new_tokens,
+                                                    batch_size, progress)]
+
+
+def generate_greedy_outputs(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
+                            batch_size: int = 8, progress: bool = False) -> list[Generation]:
     """Greedy continuations of token-id prompts, batched with left padding.
 
     Each continuation is decoded with its special tokens (the answer marker is one) and cut at
-    the end-of-sequence token.
+    the end-of-sequence token; ``hit_budget`` when it has none (it was stopped by the budget).
     """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     stop_ids = {tokenizer.eos_token_id, pad_id} - {None}
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))  # less padding
-    outputs: dict[int, str] = {}
+    outputs: dict[int, Generation] = {}
     was_training = model.training
     model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress):
@@ -136,7 +179,8 @@ def generate_greedy(model, tokenizer, prompt_ids: list[list[int]], max_new_token
                                        pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         for row, i in enumerate(indices):
             new_ids = generated[row, width:].tolist()
-            cut = next((k for k, t in enumerate(new_ids) if t in stop_ids), len(new_ids))
-            outputs[i] = tokenizer.decode(new_ids[:cut], skip_special_tokens=False)
+            cut = next((k for k, t in enumerate(new_ids) if t in stop_ids), None)
+            text = tokenizer.decode(new_ids[:cut], skip_special_tokens=False)
+            outputs[i] = Generation(text, cut is None)  # no end token: stopped by the budget
     model.train(was_training)
     return [outputs[i] for i in range(len(prompt_ids))]

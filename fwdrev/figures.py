@@ -10,7 +10,9 @@ Three layers, used by ``visualization/*.py`` and the quickstart summary:
 * plotting -- paper rc style, saving PNG/PDF/SVG, a LaTeX snippet, and the three-panel
   paper figure (:func:`plot_paper_figure`) with the wider-middle scale in panel (c).
 
-Naming: ``y+`` is the preferred forward trace, ``y-`` the reverse trace, ``delta = y+ - y-``.
+Naming: ``y+`` is the trace whose direction matches the question (forward for a forward
+question, reverse for a reverse one), ``y-`` the trace in the opposite direction,
+``delta = y+ - y-``.
 Train set D_f / D_r / D_m and test set T_f / T_r / T_m are coded ``f`` / ``r`` / ``m``.
 """
 
@@ -28,8 +30,12 @@ import matplotlib.pyplot as plt
 
 from fwdrev import wider_middle  # noqa: F401  (registers the "wider_middle" scale)
 from fwdrev.io import atomic_path, atomic_write_text
+from fwdrev.scoring import GROUP_COLUMN, add_group_ids, bootstrap_mean_ci
 
 TIDY_COLUMNS = ["train_set", "test_set", "stage", "epoch", "series", "value"]
+# Optional: ``derived`` (True for a value computed from others, not measured or published)
+# and the 95% CI of ``value`` (``ci_low``, ``ci_high``).
+CI_COLUMNS = ["ci_low", "ci_high"]
 SETS = ("f", "r", "m")
 STAGES = ("sft", "dpo")
 SERIES = ("y+", "y-", "delta")
@@ -44,11 +50,19 @@ PAPER_CITATION = (
 
 # --------------------------------------------------------------------------- tidy series
 def validate_series(df: pd.DataFrame) -> pd.DataFrame:
-    """Check a tidy series table and return it with clean dtypes (rows with no value dropped)."""
+    """Check a tidy series table and return it with clean dtypes (rows with no value dropped).
+
+    The result has :data:`TIDY_COLUMNS`, ``derived`` (False where absent) and, when given,
+    :data:`CI_COLUMNS`.
+    """
     missing = [c for c in TIDY_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"series table lacks columns {missing}; expected {TIDY_COLUMNS}")
-    out = df[TIDY_COLUMNS].copy()
+    out = df[TIDY_COLUMNS + [c for c in CI_COLUMNS if c in df.columns]].copy()
+    out["derived"] = _as_bool(df["derived"]) if "derived" in df.columns else False
+    for col in CI_COLUMNS:
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce")
     for col in ("train_set", "test_set", "stage", "series"):
         out[col] = out[col].astype(str).str.strip()
     out["stage"] = out["stage"].str.lower()
@@ -62,6 +76,14 @@ def validate_series(df: pd.DataFrame) -> pd.DataFrame:
     return out.dropna(subset=["value"]).reset_index(drop=True)
 
 
+def _as_bool(column: pd.Series) -> pd.Series:
+    words = column.astype(str).str.strip().str.lower()
+    bad = sorted(set(words) - {"true", "false", "1", "0"})
+    if bad:
+        raise ValueError(f"column 'derived' has unexpected values {bad}; allowed: true, false")
+    return words.isin(["true", "1"])
+
+
 def read_series_csv(path) -> pd.DataFrame:
     """Read and validate a tidy series CSV (columns :data:`TIDY_COLUMNS`)."""
     return validate_series(pd.read_csv(path))
@@ -73,7 +95,7 @@ def load_paper_values(path=PAPER_CSV) -> pd.DataFrame:
 
 
 def complete_deltas(series: pd.DataFrame) -> pd.DataFrame:
-    """Add ``delta = y+ - y-`` rows for points that have both log-probs but no delta."""
+    """Add ``delta = y+ - y-`` rows (``derived`` True) for points that have both log-probs but no delta."""
     keys = ["train_set", "test_set", "stage", "epoch"]
     wide = series.pivot_table(index=keys, columns="series", values="value", aggfunc="mean")
     if not {"y+", "y-"} <= set(wide.columns):
@@ -81,7 +103,7 @@ def complete_deltas(series: pd.DataFrame) -> pd.DataFrame:
     computed = (wide["y+"] - wide["y-"]).dropna()
     if "delta" in wide.columns:
         computed = computed[wide.loc[computed.index, "delta"].isna()]
-    extra = computed.rename("value").reset_index().assign(series="delta")[TIDY_COLUMNS]
+    extra = computed.rename("value").reset_index().assign(series="delta", derived=True)
     return pd.concat([series, extra], ignore_index=True) if len(extra) else series.reset_index(drop=True)
 
 
@@ -130,18 +152,48 @@ def with_epochs(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-SUMMARY_COLUMNS = ["train_set", "stage", "epoch", "checkpoint", "test_set", "n_examples",
-                   "y_plus", "y_minus", "delta", "pref_acc"]
+SUMMARY_COLUMNS = ["train_set", "stage", "epoch", "checkpoint", "test_set", "n_examples", "n_problems",
+                   "y_plus", "y_minus", "delta", "delta_ci_low", "delta_ci_high",
+                   "pref_acc_first_k", "pref_acc_full"]
 
 
-def summary_table(results_dir, metric: str = "logp_mean_first_k", subset: str = "all") -> pd.DataFrame:
+def _deltas(table: pd.DataFrame, name: str) -> pd.Series:
+    """``delta_<name>``, else ``chosen_<name> - rejected_<name>``, else NaN."""
+    if f"delta_{name}" in table:
+        return table[f"delta_{name}"]
+    if {f"chosen_{name}", f"rejected_{name}"} <= set(table.columns):
+        return table[f"chosen_{name}"] - table[f"rejected_{name}"]
+    return pd.Series(np.nan, index=table.index)
+
+
+def _with_groups(table: pd.DataFrame, path, group_ids: dict | None) -> pd.DataFrame:
+    """The table with its problem key: its own column, else mapped from ``group_ids``."""
+    if GROUP_COLUMN in table:
+        return table
+    if group_ids is None:
+        raise ValueError(f"{path}: no {GROUP_COLUMN!r} column (scored by an older version), so the CIs "
+                         "cannot resample whole problems: rescore it, or give the data file it was "
+                         "scored on (--dataset_path) to map example_id to the problem")
+    try:
+        return add_group_ids(table, group_ids)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error} in the given data file") from None
+
+
+def summary_table(results_dir, metric: str = "logp_mean_first_k", subset: str = "all", ci: bool = True,
+                  group_ids: dict | None = None, seed: int = 0) -> pd.DataFrame:
     """Per train_set / stage / epoch / test_set: mean y+, mean y-, delta and preference accuracy.
 
     y+ and y- are means over examples of ``chosen_<metric>`` / ``rejected_<metric>``;
-    ``delta`` is the mean of ``delta_<metric>`` (or y+ - y- without that column);
-    ``pref_acc`` is the share of examples with ``delta_<metric> > 0``.
+    ``delta`` is the mean of ``delta_<metric>`` (or y+ - y- without that column), with its 95%
+    CI (``delta_ci_low/high``; ``ci=False``: NaN) from a bootstrap over problems: a problem's
+    original and flipped row are drawn together (``group_id`` column, or ``group_ids``:
+    example_id -> problem, for tables without it). ``pref_acc_first_k`` / ``pref_acc_full`` are
+    the shares of examples whose delta of the same statistic over the first K tokens / the
+    whole response is > 0 (e.g. ``delta_logp_mean_first_k`` / ``delta_logp_mean``).
     """
-    chosen, rejected, delta = f"chosen_{metric}", f"rejected_{metric}", f"delta_{metric}"
+    chosen, rejected = f"chosen_{metric}", f"rejected_{metric}"
+    statistic = metric.removesuffix("_first_k")
     rows = []
     for train_set in SETS:
         for stage in STAGES:
@@ -149,34 +201,53 @@ def summary_table(results_dir, metric: str = "logp_mean_first_k", subset: str = 
             if path is None:
                 continue
             table = with_epochs(read_table(path))
-            if delta not in table:
-                table[delta] = table[chosen] - table[rejected]
+            table = table.assign(_delta=_deltas(table, metric), _first_k=_deltas(table, f"{statistic}_first_k"),
+                                 _full=_deltas(table, statistic))
+            if ci:
+                table = _with_groups(table, path, group_ids)
             for test_set, sample_type in TEST_SET_SAMPLE_TYPE.items():
                 if sample_type is not None and "sample_type" not in table:
                     continue  # without question types only T_m (all rows) is defined
                 part = table if sample_type is None else table[table["sample_type"] == sample_type]
                 for epoch, group in part.groupby("epoch", sort=True):
-                    deltas = group[delta].dropna()
-                    rows.append({
-                        "train_set": train_set, "stage": stage, "epoch": int(epoch),
-                        "checkpoint": str(group["checkpoint"].iloc[0]), "test_set": test_set,
-                        "n_examples": len(group),
-                        "y_plus": group[chosen].mean(), "y_minus": group[rejected].mean(),
-                        "delta": deltas.mean(),
-                        "pref_acc": float((deltas > 0).mean()) if len(deltas) else np.nan,
-                    })
+                    rows.append({"train_set": train_set, "stage": stage, "epoch": int(epoch),
+                                 "checkpoint": str(group["checkpoint"].iloc[0]), "test_set": test_set,
+                                 **_summary_values(group, chosen, rejected, ci, seed)})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def series_from_results_dir(results_dir, metric: str = "logp_mean_first_k",
-                            subset: str = "all") -> pd.DataFrame:
-    """Tidy series (``TIDY_COLUMNS``) from ``RESULTS_DIR/<train_set>/<stage>/<subset>.*``."""
-    summary = summary_table(results_dir, metric=metric, subset=subset)
+def _summary_values(group: pd.DataFrame, chosen: str, rejected: str, ci: bool, seed: int) -> dict:
+    low, high = (bootstrap_mean_ci(group["_delta"], seed=seed, groups=group[GROUP_COLUMN].to_numpy())
+                 if ci else (np.nan, np.nan))
+    return {"n_examples": len(group),
+            "n_problems": group[GROUP_COLUMN].nunique() if GROUP_COLUMN in group else np.nan,
+            "y_plus": group[chosen].mean(), "y_minus": group[rejected].mean(),
+            "delta": group["_delta"].mean(), "delta_ci_low": low, "delta_ci_high": high,
+            "pref_acc_first_k": _share_positive(group["_first_k"]),
+            "pref_acc_full": _share_positive(group["_full"])}
+
+
+def _share_positive(values: pd.Series) -> float:
+    values = values.dropna()
+    return float((values > 0).mean()) if len(values) else np.nan
+
+
+def series_from_results_dir(results_dir, metric: str = "logp_mean_first_k", subset: str = "all",
+                            ci: bool = False, group_ids: dict | None = None) -> pd.DataFrame:
+    """Tidy series (``TIDY_COLUMNS``) from ``RESULTS_DIR/<train_set>/<stage>/<subset>.*``.
+
+    ``ci``: delta rows also get their 95% CI (``ci_low``, ``ci_high``; see :func:`summary_table`).
+    """
+    summary = summary_table(results_dir, metric=metric, subset=subset, ci=ci, group_ids=group_ids)
     long = summary.melt(
-        id_vars=["train_set", "test_set", "stage", "epoch"],
+        id_vars=["train_set", "test_set", "stage", "epoch", "delta_ci_low", "delta_ci_high"],
         value_vars=["y_plus", "y_minus", "delta"], var_name="series", value_name="value",
     )
     long["series"] = long["series"].map({"y_plus": "y+", "y_minus": "y-", "delta": "delta"})
+    is_delta = long["series"] == "delta"
+    if ci:
+        long["ci_low"] = long["delta_ci_low"].where(is_delta)
+        long["ci_high"] = long["delta_ci_high"].where(is_delta)
     return validate_series(long)
 
 
@@ -225,6 +296,19 @@ def checkpoint_means(table: pd.DataFrame, columns) -> pd.DataFrame:
     order = ordered_checkpoints(table)
     table = table.assign(checkpoint=table["checkpoint"].astype(str))
     return table.groupby("checkpoint")[list(columns)].mean().reindex(order)
+
+
+def checkpoint_cis(table: pd.DataFrame, column: str, seed: int = 0) -> pd.DataFrame:
+    """95% CI (``ci_low``, ``ci_high``) of the mean of *column* per checkpoint, in training order.
+
+    Resamples whole problems (``group_id``), so a problem's two rows are drawn together.
+    """
+    if GROUP_COLUMN not in table:
+        raise ValueError(f"table lacks the problem key column {GROUP_COLUMN!r}")
+    table = table.assign(checkpoint=table["checkpoint"].astype(str))
+    cis = {name: bootstrap_mean_ci(rows[column], seed=seed, groups=rows[GROUP_COLUMN].to_numpy())
+           for name, rows in table.groupby("checkpoint")}
+    return pd.DataFrame.from_dict(cis, orient="index", columns=CI_COLUMNS).reindex(ordered_checkpoints(table))
 
 
 def example_matrix(table: pd.DataFrame, column: str = "delta_logp_mean") -> pd.DataFrame:
@@ -387,7 +471,8 @@ def default_focus(deltas, vmin: float, vmax: float) -> tuple[float, float]:
 def _points(series: pd.DataFrame, train_set, test_set, stage, name) -> pd.DataFrame:
     sel = series[(series.train_set == train_set) & (series.test_set == test_set)
                  & (series.stage == stage) & (series.series == name)]
-    return sel.groupby("epoch", as_index=False)["value"].mean().sort_values("epoch")
+    columns = {"value": "mean", "derived": "any", **{c: "mean" for c in CI_COLUMNS if c in sel}}
+    return sel.groupby("epoch", as_index=False).agg(columns).sort_values("epoch")
 
 
 def _lighter(color, amount: float = 0.45):
@@ -407,7 +492,17 @@ def _draw(ax, pts, x_offset, pair, stage, name, style, label):
         markerfacecolor="white" if hollow else color, markeredgecolor=color,
         label=label, gid=f"{pair}:{stage}:{name}", zorder=3,
     )
+    derived = pts[pts["derived"]]
+    if len(derived):  # computed from other values, not published: open grey-edged marker
+        ax.plot(derived["epoch"] + x_offset, derived["value"], linestyle="none", marker=markers.get(name, "o"),
+                markerfacecolor="white", markeredgecolor="0.5", gid=f"{pair}:{stage}:{name}:derived", zorder=4)
     return line
+
+
+def _draw_ci(ax, pts, x_offset, pair, stage, name, colors):
+    """95% CI of each point as a band around the line."""
+    ax.fill_between(pts["epoch"] + x_offset, pts["ci_low"], pts["ci_high"], color=colors.get(pair, "black"),
+                    alpha=0.18, linewidth=0, zorder=2, gid=f"{pair}:{stage}:{name}:ci")
 
 
 def _stage_axis(ax, sft_epochs, dpo_epochs, n_sft: int | None = None):
@@ -497,7 +592,7 @@ def _panel_b(ax, series, style, notes, key_band) -> tuple[int, tuple | None]:
     return n_sft, tuple(key_band)
 
 
-def _panel_c(ax, series, style, notes, n_sft_mm, focus, share, ylim) -> dict:
+def _panel_c(ax, series, style, notes, n_sft_mm, focus, share, ylim, ci=False) -> dict:
     """Gaps on the wider-middle scale; focus band around the mixed-data deltas."""
     deltas = series[series.series == "delta"]
     n_sft = max(_max_epoch([deltas[deltas.stage == "sft"]]), n_sft_mm)
@@ -509,12 +604,15 @@ def _panel_c(ax, series, style, notes, n_sft_mm, focus, share, ylim) -> dict:
             continue
         label = series_label(pair[0], pair[1], None, stage if pair == "mm" else None)
         _draw(ax, pts, n_sft if stage == "dpo" else 0, pair, stage, "delta", style, label)
+        if ci:
+            _draw_ci(ax, pts, n_sft if stage == "dpo" else 0, pair, stage, "delta", style[0])
         plotted.append(pts.assign(pair=pair, stage=stage))
     if not plotted:
         _no_data(ax, "no delta values")
         return {}
     values = pd.concat(plotted)
-    lo, hi = float(values["value"].min()), float(values["value"].max())
+    extent = values[["value"] + (CI_COLUMNS if ci else [])]
+    lo, hi = float(extent.min().min()), float(extent.max().max())
     if focus is not None:  # default limits must leave room around a given focus
         lo, hi = min(lo, focus[0]), max(hi, focus[1])
     vmin, vmax = ylim or nice_bounds(lo, hi)
@@ -550,25 +648,35 @@ def plot_paper_figure(
     figsize: tuple[float, float] = (7.2, 2.9),
     colors: dict | None = None,
     markers: dict | None = None,
+    ci: bool = False,
 ) -> PaperFigure:
     """The three-panel figure: (a) SFT log-probs of D_f T_f and D_r T_r, (b) the mixed run
     through SFT and DPO with its key band, (c) the gaps on the wider-middle scale.
 
     Defaults come from the data: (c) limits from the delta range, focus band around the
     D_m T_m deltas with ``share`` 0.25 of the axis (more, up to 0.75, to widen a wide band 1.5x), (b) key band = y-range of y+ and y- over DPO (else the last SFT epoch).
-    Missing series are skipped and listed in ``notes``. Call inside :func:`paper_style`.
+    Missing series are skipped and listed in ``notes``, and so is every derived value (computed
+    from others, not published or measured; drawn with an open grey-edged marker; listed in
+    ``settings["derived"]``). ``ci``: the deltas' 95% CIs (``ci_low``, ``ci_high``) as bands
+    in (c). Call inside :func:`paper_style`.
     """
     series = complete_deltas(validate_series(series))
+    if ci and not set(CI_COLUMNS) <= set(series.columns):
+        raise ValueError(f"ci=True needs the columns {CI_COLUMNS} in the series")
     style = ({**DEFAULT_COLORS, **(colors or {})}, {**DEFAULT_MARKERS, **(markers or {})})
     notes: list[str] = []
+    derived = [f"{r.train_set}{r.test_set} {r.stage} {r.series} epoch {r.epoch}"
+               for r in series[series["derived"]].sort_values(["stage", "epoch"]).itertuples()]
+    notes += [f"derived, not published: {d} (delta = y+ - y-)" if " delta " in d else
+              f"derived from other values, not published: {d}" for d in derived]
 
     fig = plt.figure(figsize=figsize, layout="constrained")
     grid = fig.add_gridspec(2, 3, width_ratios=[1, 1.16, 1], height_ratios=[1, 0.3])
     ax_a, ax_b, ax_c = (fig.add_subplot(grid[0, i]) for i in range(3))
     _panel_a(ax_a, series, style, notes)
     n_sft_mm, band = _panel_b(ax_b, series, style, notes, key_band)
-    settings = _panel_c(ax_c, series, style, notes, n_sft_mm, focus, share, ylim_c)
-    settings["key_band"] = band
+    settings = _panel_c(ax_c, series, style, notes, n_sft_mm, focus, share, ylim_c, ci)
+    settings["key_band"], settings["derived"] = band, derived
 
     mixed = r"Mixed $\mathcal{D}_m$: SFT then DPO" if (series.stage == "dpo").any() else r"Mixed $\mathcal{D}_m$: SFT"
     titles = (r"SFT on $\mathcal{D}_f$ and $\mathcal{D}_r$", mixed, r"Gap $\Delta$, wider middle")

@@ -16,9 +16,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fwdrev.data import PreferenceData, load_preference_data
+from fwdrev.data import DataValidationError, PreferenceData, load_preference_data
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
 from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
+from fwdrev.splits import default_group_column
 from fwdrev.tokenization import (LengthSettingsError, TokenizedPair, check_lengths, collate_pairs,
                                  encode_examples)
 
@@ -140,6 +141,15 @@ def add_reward_columns(table: pd.DataFrame, reference_scores: pd.DataFrame, beta
 
 
 # --------------------------------------------------------------------------- summaries
+# The problem a row belongs to. A problem's `original` and `flipped` rows score the same two
+# traces with the roles swapped, so they are not independent: CIs resample whole problems.
+GROUP_COLUMN = "group_id"
+# Preference accuracy = share of examples with delta > 0, by the per-token mean log-prob over
+# the first K response tokens or over the whole response (and by the whole-response sum).
+PREF_ACC_COLUMNS = {"pref_acc_first_k": "delta_logp_mean_first_k", "pref_acc_full": "delta_logp_mean",
+                    "pref_acc_full_by_sum": "delta_logp_sum"}
+
+
 def subset_frames(table: pd.DataFrame, per_sample_type: bool = True) -> dict[str, pd.DataFrame]:
     """'all', one subset per sample_type, and the first / last 50 examples in file order."""
     subsets = {"all": table}
@@ -152,39 +162,105 @@ def subset_frames(table: pd.DataFrame, per_sample_type: bool = True) -> dict[str
     return subsets
 
 
+def add_group_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--group_field", default=None,
+                        help="Column shared by the rows of one problem (its original and flipped "
+                             "row); the bootstrap CIs resample whole problems (default: problem_id "
+                             "if present, else question, the forward question).")
+
+
+def problem_group_ids(frame: pd.DataFrame, group_field: str | None = None,
+                      source: str = "data") -> dict[int, int]:
+    """Row index -> problem number (0, 1, ... in order of first appearance) from ``group_field``."""
+    column = group_field or default_group_column(frame)
+    if column not in frame.columns:
+        raise DataValidationError(
+            f"{source}: no problem key column {column!r} (it pairs a problem's original and flipped "
+            f"rows for the confidence intervals); pass --group_field COLUMN (a unique id column if "
+            f"the rows are independent); available columns: {list(frame.columns)}")
+    missing = [int(i) for i in frame.index[frame[column].isna()]]
+    if missing:
+        raise DataValidationError(f"{source}: column {column!r} is empty in rows {missing[:20]}")
+    codes, _ = pd.factorize(frame[column].astype(str))
+    return dict(zip((int(i) for i in frame.index), (int(c) for c in codes)))
+
+
+def add_group_ids(table: pd.DataFrame, group_ids: dict[int, int]) -> pd.DataFrame:
+    """Add ``GROUP_COLUMN`` (the problem of each example) to a per-example table."""
+    table = table.copy()
+    table[GROUP_COLUMN] = table["example_id"].map(group_ids)
+    unknown = table.loc[table[GROUP_COLUMN].isna(), "example_id"].unique()
+    if len(unknown):
+        raise ValueError(f"example_id(s) {sorted(unknown)[:20]} have no problem key")
+    table[GROUP_COLUMN] = table[GROUP_COLUMN].astype("int64")
+    return table
+
+
 def bootstrap_mean_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
-                      level: float = 0.95) -> list[float]:
-    """Percentile bootstrap confidence interval of the mean (NaNs dropped)."""
+                      level: float = 0.95, groups=None) -> list[float]:
+    """Percentile bootstrap confidence interval of the mean (NaNs dropped).
+
+    ``groups`` (one key per value): resample whole groups (cluster bootstrap) and take the
+    mean over all values of the drawn groups; None = the values are independent.
+    """
     values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
+    groups = np.arange(values.size) if groups is None else np.asarray(groups)
+    if groups.shape != values.shape:
+        raise ValueError(f"{groups.size} group keys for {values.size} values")
+    keep = ~np.isnan(values)
+    values, groups = values[keep], groups[keep]
     if values.size == 0:
         return [float("nan"), float("nan")]
+    _, group_index = np.unique(groups, return_inverse=True)
+    sums, counts = np.bincount(group_index, weights=values), np.bincount(group_index)
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
+    draws = rng.integers(0, sums.size, size=(samples, sums.size))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
-def summarize_subset(frame: pd.DataFrame, seed: int = 0) -> dict:
-    """n, the mean of every numeric score column, preference accuracies and delta CIs."""
-    numeric = [c for c in frame.columns
-               if c not in META_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])]
-    summary = {"n": int(len(frame)), "means": {c: _float(frame[c].mean()) for c in numeric},
-               "accuracy_by_mean": _share_positive(frame["delta_logp_mean"]),
-               "accuracy_by_sum": _share_positive(frame["delta_logp_sum"])}
+def table_groups(frame: pd.DataFrame, group_column: str | None = GROUP_COLUMN):
+    """The problem key of every row, for ``bootstrap_mean_ci``; None = rows independent."""
+    if group_column is None:
+        return None
+    if group_column not in frame:
+        raise ValueError(f"score table lacks the problem key column {group_column!r}, so paired "
+                         "original/flipped rows cannot be resampled together")
+    return frame[group_column].to_numpy()
+
+
+def preference_accuracies(frame: pd.DataFrame) -> dict[str, float]:
+    """``PREF_ACC_COLUMNS``: shares of positive deltas (first K tokens / whole response)."""
+    return {name: _share_positive(frame[column]) for name, column in PREF_ACC_COLUMNS.items()
+            if column in frame}
+
+
+def summarize_subset(frame: pd.DataFrame, seed: int = 0, group_column: str | None = GROUP_COLUMN) -> dict:
+    """n, the mean of every numeric score column, preference accuracies and delta CIs.
+
+    The 95% CIs resample whole problems (``group_column``; None = rows independent).
+    """
+    groups = table_groups(frame, group_column)
+    numeric = [c for c in frame.columns if c not in META_COLUMNS and c != group_column
+               and pd.api.types.is_numeric_dtype(frame[c])]
+    summary = {"n": int(len(frame)),
+               "n_problems": int(len(frame) if groups is None else pd.Series(groups).nunique()),
+               "means": {c: _float(frame[c].mean()) for c in numeric}, **preference_accuracies(frame)}
     if "scoring" in frame:
         summary["scoring"] = table_scoring(frame)
     ci_columns = [c for c in numeric if c.startswith("delta_")]
     if "reward_margin" in frame:
         summary["reward_accuracy"] = _share_positive(frame["reward_margin"])
         ci_columns.append("reward_margin")
-    summary["ci95_of_mean"] = {c: bootstrap_mean_ci(frame[c], seed=seed) for c in ci_columns}
+    summary["ci95_of_mean"] = {c: bootstrap_mean_ci(frame[c], seed=seed, groups=groups) for c in ci_columns}
+    summary["ci_resamples"] = "rows" if groups is None else f"problems ({group_column})"
     return summary
 
 
-def summarize_scores(table: pd.DataFrame, seed: int = 0) -> dict:
+def summarize_scores(table: pd.DataFrame, seed: int = 0, group_column: str | None = GROUP_COLUMN) -> dict:
     """Summary of every subset (see ``subset_frames``), as written to summary.json."""
-    return {name: summarize_subset(rows, seed) for name, rows in subset_frames(table).items()}
+    return {name: summarize_subset(rows, seed, group_column) for name, rows in subset_frames(table).items()}
 
 
 def checkpoint_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -197,8 +273,7 @@ def checkpoint_summary(table: pd.DataFrame) -> pd.DataFrame:
                          "epoch": first["epoch"], "step": first["step"], "subset": subset,
                          "scoring": table_scoring(frame) if "scoring" in frame else None,
                          "n": len(frame), **{c: frame[c].mean() for c in SUMMARY_MEANS},
-                         "accuracy_by_mean": _share_positive(frame["delta_logp_mean"]),
-                         "accuracy_by_sum": _share_positive(frame["delta_logp_sum"])})
+                         **preference_accuracies(frame)})
     return pd.DataFrame(rows).astype({"step": "Int64"})
 
 

@@ -81,7 +81,9 @@ def dynamics(runs, tiny_model_dir, output_dir, *flags, series="sft"):
 
 def test_dpo_model_table_summary_and_rewards(adapter_scores, runs, tiny_model_dir, tmp_path):
     table = pd.read_parquet(adapter_scores / "scores.parquet")
-    assert list(table.columns) == SCORE_COLUMNS + REWARD_COLUMNS
+    assert list(table.columns) == SCORE_COLUMNS + REWARD_COLUMNS + ["group_id"]
+    # the problem of each row: synthetic rows k and 6 + k are problem k (problem_id column)
+    assert table["group_id"].tolist() == generate_preference_rows(NUM_ROWS, seed=4)["problem_id"].tolist()
     assert table["example_id"].tolist() == list(range(NUM_ROWS))  # file order
     assert table["sample_type"].tolist() == ["original"] * 6 + ["flipped"] * 6
     assert set(table["checkpoint"]) == {"1"} and table["step"].isna().all()
@@ -99,7 +101,9 @@ def test_dpo_model_table_summary_and_rewards(adapter_scores, runs, tiny_model_di
     summary = json.loads((adapter_scores / "summary.json").read_text())
     assert summary["all"]["n"] == NUM_ROWS and summary["flipped"]["n"] == 6
     assert summary["all"]["means"]["rejected_logp_max"] == pytest.approx(table["rejected_logp_max"].mean())
-    assert summary["all"]["accuracy_by_mean"] == pytest.approx((table["delta_logp_mean"] > 0).mean())
+    assert summary["all"]["pref_acc_full"] == pytest.approx((table["delta_logp_mean"] > 0).mean())
+    assert summary["all"]["pref_acc_first_k"] == pytest.approx((table["delta_logp_mean_first_k"] > 0).mean())
+    assert summary["all"]["n_problems"] == 6 and summary["all"]["ci_resamples"] == "problems (group_id)"
     assert summary["all"]["reward_accuracy"] == pytest.approx((table["reward_margin"] > 0).mean())
     report = json.loads((adapter_scores / "data_report.json").read_text())
     assert report["used_rows"] == NUM_ROWS and report["sample_type_counts"] == {"original": 6, "flipped": 6}
@@ -183,12 +187,13 @@ def test_checkpoint_discovery_in_both_layouts(runs, tmp_path):
 
 def test_sft_dynamics_tables(sft_dynamics, adapter_scores):
     table = pd.read_parquet(sft_dynamics / "all.parquet")
-    assert list(table.columns) == SCORE_COLUMNS
+    assert list(table.columns) == SCORE_COLUMNS + ["group_id"]
+    assert table["group_id"].tolist() == [k % 6 for _ in range(4) for k in range(NUM_ROWS)]
     assert table.groupby("checkpoint", sort=False).size().to_dict() == {"base": 12, "1": 12, "2": 12, "3": 12}
     assert table["epoch"].tolist() == [e for e in (0, 1, 2, 3) for _ in range(NUM_ROWS)]
     assert not table.duplicated(["checkpoint", "example_id"]).any()
     # adapters swapped on one base model score like a freshly loaded adapter
-    epoch_1 = table[table["checkpoint"] == "1"].reset_index(drop=True)
+    epoch_1 = table[table["checkpoint"] == "1"].reset_index(drop=True)[SCORE_COLUMNS]
     alone = pd.read_parquet(adapter_scores / "scores.parquet")[SCORE_COLUMNS]
     pd.testing.assert_frame_equal(epoch_1, alone, **SCORE_TOLERANCE)
     assert not np.allclose(table[table["epoch"] == 2]["chosen_logp_sum"], epoch_1["chosen_logp_sum"])
@@ -201,7 +206,7 @@ def test_sft_dynamics_tables(sft_dynamics, adapter_scores):
     row = summary[(summary["checkpoint"] == "2") & (summary["subset"] == "flipped")].iloc[0]
     flipped = table[(table["checkpoint"] == "2") & (table["sample_type"] == "flipped")]
     assert row["n"] == 6 and row["delta_logp_mean"] == pytest.approx(flipped["delta_logp_mean"].mean())
-    assert row["accuracy_by_sum"] == pytest.approx((flipped["delta_logp_sum"] > 0).mean())
+    assert row["pref_acc_full_by_sum"] == pytest.approx((flipped["delta_logp_sum"] > 0).mean())
 
 
 def test_dynamics_resume_scores_only_the_missing_checkpoints(sft_dynamics, runs, tiny_model_dir, tmp_path, capsys):
@@ -239,10 +244,36 @@ def test_evaluate_answers_writes_answers_and_accuracy(runs, tiny_model_dir, tmp_
     evaluate_answers.main(["--model_path", str(tiny_model_dir), "--dataset_path", str(runs / "rows.parquet"),
                            "--output_dir", str(tmp_path), "--max_new_tokens", "6", "--batch_size", "4"])
     answers = pd.read_csv(tmp_path / "answers.csv")
-    assert list(answers.columns) == ["example_id", "sample_type", "generated", "extracted", "gold", "correct"]
+    assert list(answers.columns) == ["example_id", "sample_type", "generated", "extracted", "gold", "correct",
+                                     "hit_budget", "outcome"]
     assert answers["example_id"].tolist() == list(range(NUM_ROWS))
     gold = generate_preference_rows(NUM_ROWS, seed=4)["solution"].astype(int).tolist()
     assert answers["gold"].tolist() == gold
     accuracy = json.loads((tmp_path / "accuracy.json").read_text())
     assert {k: v["n"] for k, v in accuracy.items()} == {"all": 12, "flipped": 6, "original": 6}
     assert accuracy["all"]["n_correct"] == int(answers["correct"].sum())
+    # 6 tokens cannot reach an answer: those generations are cut off, not wrong
+    cut_off = answers["hit_budget"] & answers["extracted"].isna()
+    assert cut_off.sum() > 0 and (answers["outcome"] == "no_answer_at_budget").tolist() == cut_off.tolist()
+    for name, counts in accuracy.items():
+        rows = answers if name == "all" else answers[answers["sample_type"] == name]
+        assert counts["n_no_answer_at_budget"] == int(cut_off[rows.index].sum())
+        assert counts["n_correct"] + counts["n_wrong"] + counts["n_no_answer_at_budget"] == counts["n"]
+        assert counts["no_answer_at_budget_rate"] == pytest.approx(cut_off[rows.index].mean())
+        assert counts["max_new_tokens"] == 6
+
+
+def test_evaluate_answers_default_budget_covers_the_longest_reference_trace(runs, tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    rows = generate_preference_rows(NUM_ROWS, seed=4)
+    originals = rows.loc[rows["sample_type"] == "original", "text"]
+    responses = [text.split("<|im_start|>assistant\n")[-1] for text in originals]  # y+ after the header
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
+    assert longest > 6
+    evaluate_answers.main(["--model_path", str(tiny_model_dir), "--dataset_path", str(runs / "rows.parquet"),
+                           "--output_dir", str(tmp_path), "--batch_size", "6", "--sample_types", "original"])
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
+    assert accuracy["all"]["max_new_tokens"] == longest
+    assert evaluate_answers.parse_args(["--model_path", "m", "--dataset_path", "d"]).max_new_tokens is None

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from fwdrev.answers import (accuracy_by_sample_type, answers_match, extract_answer, generate_greedy,
-                            gold_answer, grade_generations, normalize_answer)
+                            generate_greedy_outputs, gold_answer, grade_generations, normalize_answer,
+                            reference_budget)
 from fwdrev.data import load_preference_data
 from fwdrev.modeling import load_for_scoring
 from fwdrev.synthetic import generate_preference_rows
@@ -75,6 +76,36 @@ def test_grading_and_accuracy_on_a_hand_made_set():
     }
 
 
+def test_generations_cut_off_by_the_budget_are_counted_apart_from_wrong_answers():
+    records = pd.DataFrame({
+        "example_id": [0, 1, 2, 3, 4],
+        "sample_type": ["original", "original", "original", "flipped", "flipped"],
+        "generated": ["<|im_start|>answer\nAnswer: 52<|im_end|>",  # right
+                      "<|im_start|>think\n3 + 4 = 7\n7 * 2",  # cut off before the answer
+                      "The result is 9",  # finished without an answer: wrong
+                      "Answer: 13\nAnswer: 13\nAnswer: 1",  # cut off, but it answered: graded (wrong)
+                      "<|im_start|>think\n5 - 2"],  # cut off
+        "gold": ["52", "14", "9", "14", "3"],
+        "hit_budget": [False, True, False, True, True],
+    })
+    graded = grade_generations(records)
+    assert graded["outcome"].tolist() == ["correct", "no_answer_at_budget", "wrong", "wrong", "no_answer_at_budget"]
+    accuracy = accuracy_by_sample_type(graded)
+    assert accuracy["all"] == {"n": 5, "n_correct": 1, "accuracy": 0.2, "n_wrong": 2, "n_no_answer_at_budget": 2,
+                               "no_answer_at_budget_rate": 0.4}
+    assert accuracy["original"]["n_no_answer_at_budget"] == 1 and accuracy["flipped"]["no_answer_at_budget_rate"] == 0.5
+
+
+def test_reference_budget_is_the_longest_chosen_response(tiny_model_dir, tmp_path):
+    _, tokenizer = load_for_scoring(str(tiny_model_dir))
+    path = tmp_path / "plain.parquet"  # plain rows: the response gets an EOS token, as in the analysis
+    pd.DataFrame({"question": ["q1", "q2"], "text": ["short", "a much longer answer than the other one"],
+                  "worse-text": ["x", "y"]}).to_parquet(path)
+    data = load_preference_data(path, tokenizer=tokenizer)
+    longest = len(tokenizer("a much longer answer than the other one", add_special_tokens=False)["input_ids"]) + 1
+    assert reference_budget(tokenizer, data.examples) == (longest, 1)
+
+
 def test_batched_greedy_generation_equals_one_by_one(tiny_model_dir, tmp_path):
     model, tokenizer = load_for_scoring(str(tiny_model_dir))
     path = tmp_path / "rows.parquet"
@@ -87,3 +118,8 @@ def test_batched_greedy_generation_equals_one_by_one(tiny_model_dir, tmp_path):
     assert batched == single
     assert all(isinstance(text, str) and tokenizer.eos_token not in text for text in batched)
     assert all(len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 10 for text in batched)
+    outputs = generate_greedy_outputs(model, tokenizer, prompts, max_new_tokens=10, batch_size=6)
+    assert [o.text for o in outputs] == batched
+    one_token = generate_greedy_outputs(model, tokenizer, prompts, max_new_tokens=1, batch_size=6)
+    # one new token: cut off unless that token ends the sequence (then the text is empty)
+    assert all(o.hit_budget == (o.text != "") for o in one_token)

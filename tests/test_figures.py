@@ -40,7 +40,8 @@ def analysis_table(stage, n_checkpoints, n_examples=4, shared_ids=False, seed=0)
             sample_type = "original" if i < n_examples // 2 else "flipped"
             example_id = i % (n_examples // 2) if shared_ids else i
             row = {"checkpoint": checkpoint, "stage": stage, "epoch": epoch, "step": 10 * epoch if stage == "dpo" else None,
-                   "example_id": example_id, "sample_type": sample_type}
+                   "example_id": example_id, "sample_type": sample_type,
+                   "group_id": i % (n_examples // 2)}  # problem k: rows k (original) and n/2 + k (flipped)
             for metric in METRICS:
                 chosen = -1.0 + 0.1 * epoch + rng.normal(0, 0.05)
                 rejected = -1.2 + (0.05 if sample_type == "flipped" else -0.05) * epoch + rng.normal(0, 0.05)
@@ -71,7 +72,8 @@ def make_results_dir(root, dpo=True):
 def test_series_from_results_dir_matches_means_over_examples(tmp_path):
     tables = make_results_dir(tmp_path)
     series = figures.series_from_results_dir(tmp_path)
-    assert list(series.columns) == figures.TIDY_COLUMNS
+    assert list(series.columns) == figures.TIDY_COLUMNS + ["derived"]
+    assert not series["derived"].any()
     assert set(series.stage[series.train_set == "m"]) == {"sft", "dpo"}
     assert set(series.stage[series.train_set == "f"]) == {"sft"}
     table = tables["m", "dpo"]
@@ -92,7 +94,9 @@ def test_summary_table_preference_accuracy(tmp_path):
     table.to_csv(tmp_path / "f" / "sft" / "all.csv", index=False)
     summary = figures.summary_table(tmp_path)
     row = summary.query("train_set == 'f' and stage == 'sft' and epoch == 1")
-    assert row.set_index("test_set")["pref_acc"].to_dict() == pytest.approx({"f": 0.5, "r": 1.0, "m": 2 / 3})
+    assert row.set_index("test_set")["pref_acc_first_k"].to_dict() == pytest.approx({"f": 0.5, "r": 1.0, "m": 2 / 3})
+    full = table[table.epoch == 1].delta_logp_mean.to_numpy()  # whole-response deltas, not the first-K ones
+    assert row.set_index("test_set").loc["m", "pref_acc_full"] == pytest.approx(np.mean(full > 0))
     assert row.set_index("test_set")["n_examples"].to_dict() == {"f": 2, "r": 2, "m": 4}
     assert row.set_index("test_set").loc["m", "checkpoint"] == "1"
     first50 = figures.summary_table(tmp_path, subset="first50")
@@ -122,37 +126,62 @@ def _line_values(ax):
             for ln in ax.lines if ln.get_gid() and ln.get_gid().count(":") == 2}
 
 
+# Typed in from the published table (paper_figure_values.csv; Deng et al., arXiv:2509.13079):
+# {(pair, stage, series): {epoch: value}}, the first and last point of every plotted line.
+PUBLISHED = {
+    ("ff", "sft", "y+"): {1: -0.726265809, 6: -0.201142387}, ("ff", "sft", "y-"): {1: -1.048971948, 6: -1.614169914},
+    ("rr", "sft", "y+"): {1: -0.764269345, 6: -0.318942272}, ("rr", "sft", "y-"): {1: -1.151226815, 6: -1.561183284},
+    ("mm", "sft", "y+"): {1: -0.803001133, 6: -0.339680546}, ("mm", "sft", "y-"): {1: -0.86392633, 6: -0.420635381},
+    ("mm", "dpo", "y+"): {1: -0.34, 7: -0.343}, ("mm", "dpo", "y-"): {1: -0.421, 7: -0.436},
+    ("ff", "sft", "delta"): {1: 0.32270614, 6: 1.413027527}, ("rr", "sft", "delta"): {1: 0.38695747, 6: 1.242241012},
+    ("fr", "sft", "delta"): {1: -0.236767696, 6: -1.36382034}, ("rf", "sft", "delta"): {1: -0.254559506, 6: -1.012593524},
+    ("mm", "sft", "delta"): {1: 0.060925197, 6: 0.080954835}, ("mm", "dpo", "delta"): {1: 0.0811, 6: 0.092},
+}
+
+
 def test_paper_figure_plots_the_published_values():
-    csv = pd.read_csv(ROOT / "visualization" / "paper_figure_values.csv")
-    assert csv.equals(pd.read_csv(figures.PAPER_CSV))
     with figures.paper_style():
         result = figures.plot_paper_figure(figures.load_paper_values())
     ax_a, ax_b, ax_c = result.axes
     n_sft = 6
-    expected = {  # axes -> pairs / series drawn there
-        ax_a: [(p, "sft", s) for p in ("ff", "rr") for s in ("y+", "y-")],
-        ax_b: [("mm", st, s) for st in ("sft", "dpo") for s in ("y+", "y-")],
-        ax_c: [(p, "sft", "delta") for p in ("ff", "rr", "fr", "rf", "mm")] + [("mm", "dpo", "delta")],
-    }
-    for ax, keys in expected.items():
+    panels = {ax_a: [("ff", "sft", s) for s in ("y+", "y-")] + [("rr", "sft", s) for s in ("y+", "y-")],
+              ax_b: [("mm", st, s) for st in ("sft", "dpo") for s in ("y+", "y-")],
+              ax_c: [(p, "sft", "delta") for p in ("ff", "rr", "fr", "rf", "mm")] + [("mm", "dpo", "delta")]}
+    for ax, keys in panels.items():
         lines = _line_values(ax)
         assert set(lines) == {f"{p}:{st}:{s}" for p, st, s in keys}
-        for pair, stage, name in keys:
-            rows = csv[(csv.train_set == pair[0]) & (csv.test_set == pair[1]) & (csv.stage == stage) & (csv.series == name)]
-            x, y = lines[f"{pair}:{stage}:{name}"]
-            offset = n_sft if stage == "dpo" and ax is not ax_a else 0
-            published = dict(zip(rows.epoch + offset, rows.value))
+        for key in keys:
+            x, y = lines[":".join(key)]
             plotted = dict(zip(x, y))
-            for pos, value in published.items():
-                assert plotted[pos] == pytest.approx(value), (pair, stage, name, pos)
-    # The DPO delta of checkpoint 7 is not published: derived as y+ - y-.
+            for epoch, value in PUBLISHED[key].items():
+                offset = n_sft if key[1] == "dpo" else 0
+                assert plotted[epoch + offset] == pytest.approx(value), (key, epoch)
+    # The DPO delta of checkpoint 7 is not published: derived as y+ - y- (-0.343 - -0.436), marked as such.
     x, y = _line_values(ax_c)["mm:dpo:delta"]
-    assert dict(zip(x, y))[13] == pytest.approx(-0.343 - -0.436)
+    assert dict(zip(x, y))[13] == pytest.approx(0.093)
+    marker = next(ln for ln in ax_c.lines if ln.get_gid() == "mm:dpo:delta:derived")
+    assert list(marker.get_xdata()) == [13] and list(marker.get_ydata()) == pytest.approx([0.093])
+    assert result.settings["derived"] == ["mm dpo delta epoch 7"]
+    assert "derived, not published: mm dpo delta epoch 7 (delta = y+ - y-)" in result.notes
     assert result.settings["focus"] == pytest.approx((0.05, 0.1))
     assert result.settings["ylim_c"] == pytest.approx((-1.5, 1.5))
     assert ax_c.get_yscale() == "wider_middle"
     assert [ln.get_gid() for ln in ax_b.lines].count("sft-dpo-divider") == 1
     plt.close(result.fig)
+
+
+def test_paper_csv_marks_the_one_derived_value():
+    csv = pd.read_csv(figures.PAPER_CSV)
+    assert csv["derived"].dtype == bool
+    derived = csv[csv["derived"]]
+    assert derived[figures.TIDY_COLUMNS].values.tolist() == [["m", "m", "dpo", 7, "delta", 0.093]]
+    assert len(csv) == 110 + 1 and csv.duplicated(["train_set", "test_set", "stage", "epoch", "series"]).sum() == 0
+
+
+def test_paper_csv_published_rows_equal_the_shared_copy(shared_sample_path):
+    shared = pd.read_csv(shared_sample_path.parent / "paper_figure_values.csv")  # the published table
+    ours = pd.read_csv(figures.PAPER_CSV)
+    pd.testing.assert_frame_equal(ours[~ours["derived"]].drop(columns="derived").reset_index(drop=True), shared)
 
 
 def test_paper_figure_layout_has_no_overlaps():
@@ -305,9 +334,10 @@ def test_heatmap_has_one_row_per_example_and_one_column_per_checkpoint():
     fig = dyn.plot_table(table.sample(frac=1, random_state=0), "m/dpo/all.csv")  # row order must not matter
     image = next(a for a in fig.axes if a.images).images[0]
     assert image.get_array().shape == (6, 12)
-    expected = figures.example_matrix(table, "delta_logp_mean")
-    assert list(expected.columns) == [f"checkpoint-{10 * i}" for i in range(1, 13)]
-    assert np.allclose(image.get_array(), expected.to_numpy())
+    # rows: the 3 forward ("original") examples, then the 3 reverse ones; columns: checkpoints by step
+    expected = np.array([[table[(table.example_id == i) & (table.epoch == e)].delta_logp_mean.item()
+                          for e in range(1, 13)] for i in range(6)])
+    assert np.allclose(image.get_array(), expected)
     assert image.norm.vcenter == 0
     assert fig._suptitle.get_text() == "m/dpo/all.csv"
     plt.close(fig)

@@ -9,9 +9,10 @@ import torch
 
 from fwdrev.data import load_preference_data
 from fwdrev.modeling import load_for_scoring
-from fwdrev.scoring import (REWARD_COLUMNS, SCORE_COLUMNS, add_reward_columns, bootstrap_mean_ci,
-                            checkpoint_summary, response_stats, score_pairs, scores_table,
-                            summarize_scores)
+from fwdrev.scoring import (REWARD_COLUMNS, SCORE_COLUMNS, add_group_ids, add_reward_columns,
+                            bootstrap_mean_ci, checkpoint_summary, problem_group_ids, response_stats,
+                            score_pairs, scores_table, summarize_scores)
+from fwdrev.data import DataValidationError
 from fwdrev.sharding import Shard, gather_table
 from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples
@@ -109,7 +110,7 @@ def test_scores_table_has_exact_columns_and_types():
 
 
 def test_summary_means_cover_every_row_and_subsets():
-    table = fake_table(120)
+    table = add_group_ids(fake_table(120), {i: i % 60 for i in range(120)})  # rows i and 60 + i: one problem
     summary = summarize_scores(table)
     assert set(summary) == {"all", "flipped", "original", "first50", "last50"}
     assert [summary[k]["n"] for k in ("all", "original", "flipped", "first50", "last50")] == [120, 60, 60, 50, 50]
@@ -117,7 +118,13 @@ def test_summary_means_cover_every_row_and_subsets():
     assert summary["all"]["means"]["chosen_num_tokens"] == pytest.approx(table["chosen_num_tokens"].mean())
     last50 = table[table["example_id"] >= 70]
     assert summary["last50"]["means"]["chosen_logp_sum"] == pytest.approx(last50["chosen_logp_sum"].mean())
-    assert summary["original"]["accuracy_by_sum"] == pytest.approx((table["delta_logp_sum"][:60] > 0).mean())
+    assert summary["original"]["pref_acc_full_by_sum"] == pytest.approx((table["delta_logp_sum"][:60] > 0).mean())
+    assert summary["all"]["pref_acc_full"] == pytest.approx((table["delta_logp_mean"] > 0).mean())
+    assert summary["all"]["pref_acc_first_k"] == pytest.approx((table["delta_logp_mean_first_k"] > 0).mean())
+    assert summary["all"]["n_problems"] == 60 and summary["original"]["n_problems"] == 60
+    assert summary["all"]["ci_resamples"] == "problems (group_id)" and "group_id" not in summary["all"]["means"]
+    with pytest.raises(ValueError, match="problem key column 'group_id'"):
+        summarize_scores(fake_table(10))  # no problem key: refuses rather than treat pairs as independent
     low, high = summary["all"]["ci95_of_mean"]["delta_logp_mean"]
     assert low < table["delta_logp_mean"].mean() < high
     assert summarize_scores(table) == summary  # fixed bootstrap seed
@@ -128,6 +135,56 @@ def test_bootstrap_ci_narrows_with_more_data():
     small, large = rng.normal(size=20), rng.normal(size=2000)
     width = lambda values: np.subtract(*bootstrap_mean_ci(values)[::-1])  # noqa: E731
     assert width(large) < width(small) / 5
+
+
+def test_cluster_bootstrap_of_anti_correlated_pairs_has_zero_width():
+    # Each problem's flipped delta is minus its original delta (the same two traces, roles
+    # swapped): every resample of whole problems has mean exactly 0, while resampling rows
+    # treats the 2n rows as independent and gives a CI about 2 * 1.96 * sd / sqrt(2n) wide.
+    rng = np.random.default_rng(0)
+    original = rng.normal(0.5, 1.0, size=200)
+    values, groups = np.concatenate([original, -original]), np.tile(np.arange(200), 2)
+    assert bootstrap_mean_ci(values, groups=groups) == [0.0, 0.0]
+    low, high = bootstrap_mean_ci(values)
+    assert low < 0 < high
+    assert high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(400), rel=0.15)
+
+
+def test_cluster_bootstrap_of_identical_pairs_is_sqrt2_wider():
+    # Both rows of a problem equal: n independent values counted twice, so the honest CI is
+    # sqrt(2) times wider than the row bootstrap's.
+    rng = np.random.default_rng(1)
+    original = rng.normal(size=300)
+    values, groups = np.concatenate([original, original]), np.tile(np.arange(300), 2)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    ratio = width(bootstrap_mean_ci(values, samples=4000, groups=groups)) / width(bootstrap_mean_ci(values, samples=4000))
+    assert ratio == pytest.approx(np.sqrt(2), rel=0.1)
+
+
+def test_cluster_bootstrap_hand_computed():
+    # Problems A = {1, 3}, B = {5}. Resampling problems: AA -> 2 (p 1/4), AB or BA -> 9/3 = 3
+    # (p 1/2), BB -> 5 (p 1/4); so the 2.5% / 97.5% percentiles are 2 and 5. Resampling rows
+    # draws (1, 1, 1) with p 1/27 > 2.5%, so its lower end is 1.
+    values, groups = [1.0, 3.0, 5.0, np.nan], ["A", "A", "B", "B"]  # the NaN is dropped
+    assert bootstrap_mean_ci(values, samples=2000, groups=groups) == [2.0, 5.0]
+    assert bootstrap_mean_ci(values[:3], samples=2000) == [1.0, 5.0]
+    with pytest.raises(ValueError, match="2 group keys for 3 values"):
+        bootstrap_mean_ci(values[:3], groups=groups[:2])
+
+
+def test_problem_group_ids_from_data_columns(shared_sample_path):
+    synthetic = generate_preference_rows(6, seed=0)  # problem_id 0..2, originals then flipped rows
+    assert problem_group_ids(synthetic) == {0: 0, 1: 1, 2: 2, 3: 0, 4: 1, 5: 2}
+    real = pd.read_parquet(shared_sample_path, columns=["question", "sample_type"])
+    groups = problem_group_ids(real)  # the forward question is shared by a problem's two rows
+    assert len(set(groups.values())) == 50
+    pairs = pd.Series(groups).groupby(pd.Series(groups)).size()
+    assert (pairs == 2).all()
+    for rows in pd.Series(list(groups)).groupby(pd.Series(groups).to_numpy()):
+        assert sorted(real.loc[rows[1].to_numpy(), "sample_type"]) == ["flipped", "original"]
+    assert problem_group_ids(real, group_field="question") == groups
+    with pytest.raises(DataValidationError, match="no problem key column 'nope'.*--group_field"):
+        problem_group_ids(real, group_field="nope", source="x.parquet")
 
 
 def test_reward_columns():
@@ -147,7 +204,8 @@ def test_checkpoint_summary_rows():
     row = summary[(summary["checkpoint"] == "checkpoint-20") & (summary["subset"] == "all")].iloc[0]
     later = table[table["epoch"] == 3]
     assert row["n"] == 60 and row["rejected_logp_mean"] == pytest.approx(later["rejected_logp_mean"].mean())
-    assert row["accuracy_by_mean"] == pytest.approx((later["delta_logp_mean"] > 0).mean())
+    assert row["pref_acc_full"] == pytest.approx((later["delta_logp_mean"] > 0).mean())
+    assert row["pref_acc_first_k"] == pytest.approx((later["delta_logp_mean_first_k"] > 0).mean())
 
 
 def test_shards_partition_the_examples_and_balance_lengths():

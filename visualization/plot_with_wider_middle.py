@@ -25,12 +25,16 @@ import pandas as pd  # noqa: E402
 from fwdrev import figures  # noqa: E402
 
 CAPTION = (
-    r"Mean per-token log-probability (first 1k tokens) of the preferred forward trace $y^+$ and "
-    r"the reverse trace $y^-$. (a) SFT on forward ($\mathcal{D}_f$) or reverse ($\mathcal{D}_r$) data, "
+    r"Mean per-token log-probability (first 1k tokens) of $y^+$, the trace whose direction matches "
+    r"the question (forward for a forward question, reverse for a reverse one), and $y^-$, the trace "
+    r"in the opposite direction. (a) SFT on forward ($\mathcal{D}_f$) or reverse ($\mathcal{D}_r$) data, "
     r"tested in-domain. (b) Mixed data $\mathcal{D}_m$ through SFT (solid) and DPO (dashed); the shaded "
     r"band marks where $y^+$ and $y^-$ separate. (c) Gap $\Delta = y^+ - y^-$ on a scale that widens "
     r"the shaded band."
 )
+CI_CAPTION = (r" Bands in (c): 95\% confidence intervals of the mean $\Delta$, from a bootstrap over "
+              r"problems (a problem's forward and reverse rows are drawn together).")
+DERIVED_CAPTION = r" Open grey markers: values derived as $y^+ - y^-$, not published."
 
 
 PAPER_SCORING = "original"  # the published values came from the original analysis's scoring
@@ -52,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--results_dir", help="analysis outputs: DIR/<f|r|m>/<sft|dpo>/<subset>.csv|parquet")
     p.add_argument("--subset", default="all", help="table name under --results_dir (all, first50, last50)")
     p.add_argument("--metric", default="logp_mean_first_k", help="analysis column suffix for y+/y-/delta")
+    p.add_argument("--ci", action="store_true",
+                   help="with --results_dir: draw the deltas' 95%% CIs (bootstrap over problems) as "
+                        "bands in panel (c)")
     p.add_argument("--focus", nargs=2, type=float, metavar=("A", "B"), help="focus interval of panel (c)")
     p.add_argument("--share", type=float, default=None,
                    help="share of panel (c)'s axis given to the focus (default 0.25, or up to 0.75 "
@@ -73,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="plot inputs scored with different --scoring definitions together "
                         "(refused by default: their log-probs are not comparable)")
     args = p.parse_args(argv)
+    if args.ci and not args.results_dir:
+        p.error("--ci needs --results_dir (the published values have no confidence intervals)")
     try:
         args.colors = dict(_pair(t, "--colors") for t in args.colors)
         args.markers = dict(_pair(t, "--markers") for t in args.markers)
@@ -91,7 +100,8 @@ def load_series(args):
         return figures.load_paper_values()
     if args.series_csv:
         return figures.read_series_csv(args.series_csv)
-    return figures.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset)
+    return figures.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset,
+                                           ci=args.ci)
 
 
 def input_scorings(args) -> dict[str, set[str]]:
@@ -133,7 +143,10 @@ def main(argv=None) -> list:
     scoring = check_scorings(input_scorings(args), args.allow_mixed_scoring)
     if scoring:
         print(f"scoring: {scoring}")
-    series = load_series(args)
+    try:
+        series = load_series(args)
+    except ValueError as err:  # e.g. --ci on tables without a problem key
+        sys.exit(f"error: {err}")
     if series.empty:
         sys.exit("no values to plot (check the input and --subset)")
     with figures.paper_style(usetex=args.usetex):
@@ -141,13 +154,14 @@ def main(argv=None) -> list:
             result = figures.plot_paper_figure(
                 series, focus=args.focus, share=args.share, ylim_a=args.ylim_a, ylim_b=args.ylim_b,
                 ylim_c=args.ylim_c, key_band=args.key_band, figsize=tuple(args.figsize),
-                colors=args.colors, markers=args.markers,
+                colors=args.colors, markers=args.markers, ci=args.ci,
             )
         except ValueError as err:  # e.g. a focus outside --ylim_c, an unknown colour
             sys.exit(f"error: {err}")
         paths = figures.save_figure(result.fig, args.output_stem, dpi=args.dpi)
     plt.close(result.fig)
-    caption = CAPTION + (r" Values published by Deng et al.\ (arXiv:2509.13079)." if args.paper else "")
+    caption = (CAPTION + (CI_CAPTION if args.ci else "") + (DERIVED_CAPTION if result.settings.get("derived") else "")
+               + (r" Values published by Deng et al.\ (arXiv:2509.13079)." if args.paper else ""))
     if scoring:
         caption += rf" Log-probs scored with \texttt{{--scoring {scoring}}}."
     paths.append(figures.write_tex_snippet(args.output_stem, caption, args.label))

@@ -5,8 +5,9 @@
 For each long analysis table found recursively (one row per checkpoint and example; e.g.
 ``m/dpo/all.csv``, ``first50.csv``, ``last50.parquet``): mean log-prob of y+ and y- over
 checkpoints (average = ``*_logp_mean``, peak = ``*_logp_max``), the deltas, and an
-example-by-checkpoint heatmap of ``delta_logp_mean``. For each ``dynamics.csv``: curves
-against training step per split and sample type. Writes PNG + PDF and prints the paths.
+example-by-checkpoint heatmap of ``delta_logp_mean``; ``--ci`` adds the 95% CI of each mean
+delta as a band (bootstrap over problems, ``group_id`` column). For each ``dynamics.csv``:
+curves against training step per split and sample type. Writes PNG + PDF and prints the paths.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def _groups(table):
             yield str(name), table[table["sample_type"] == name]
 
 
-def _curves(ax, table, order, stat: str, sides):
-    """Mean over examples of ``<side>_logp_<stat>`` per checkpoint, per group."""
+def _curves(ax, table, order, stat: str, sides, ci: bool = False):
+    """Mean over examples of ``<side>_logp_<stat>`` per checkpoint, per group (``ci``: delta CI bands)."""
     cols = [f"{side}_logp_{stat}" for side in sides]
     if not set(cols) <= set(table.columns):
         ax.text(0.5, 0.5, f"no {', '.join(cols)}", transform=ax.transAxes, ha="center", color="0.4")
@@ -70,12 +71,20 @@ def _curves(ax, table, order, stat: str, sides):
             label = rf"$\Delta$ {suffix}" if side == "delta" else f"{SIDE_LABELS[side]} {suffix}"
             ax.plot(range(len(order)), means[col].to_numpy(), linestyle=style, marker="o", markersize=2.5,
                     color=color, label=label)
+            if ci and side == "delta":
+                band = figures.checkpoint_cis(part, col).reindex(order)
+                ax.fill_between(range(len(order)), band["ci_low"].to_numpy(dtype=float),
+                                band["ci_high"].to_numpy(dtype=float), color=color, alpha=0.12,
+                                linewidth=0, gid=f"ci:{group}")
     if "delta" in sides:
         ax.axhline(0, color="0.6", linewidth=0.6)
 
 
-def plot_table(table, title: str):
-    """2x2 curves (average / peak log-probs, average / peak deltas) plus a delta heatmap."""
+def plot_table(table, title: str, ci: bool = False):
+    """2x2 curves (average / peak log-probs, average / peak deltas) plus a delta heatmap.
+
+    ``ci``: 95% CI bands of the mean deltas (the table needs its ``group_id`` column).
+    """
     for stat in ("mean", "max"):  # deltas may be left out of a table: derive them
         if f"delta_logp_{stat}" not in table and f"chosen_logp_{stat}" in table:
             delta = table[f"chosen_logp_{stat}"] - table[f"rejected_logp_{stat}"]
@@ -93,7 +102,7 @@ def plot_table(table, title: str):
     ]
     for cell, stat, sides, ylabel in panels:
         ax = fig.add_subplot(cell)
-        _curves(ax, table, order, stat, sides)
+        _curves(ax, table, order, stat, sides, ci)
         _checkpoint_axis(ax, order, stage)
         ax.set_ylabel(ylabel)
         ax.grid(True, color="0.9", linewidth=0.5)
@@ -162,6 +171,8 @@ def main(argv=None) -> list[Path]:
     p.add_argument("--results_dir", required=True)
     p.add_argument("--output_dir", help="default: RESULTS_DIR/figures")
     p.add_argument("--dpi", type=int, default=200)
+    p.add_argument("--ci", action="store_true",
+                   help="95%% CI bands around the mean deltas of analysis tables (bootstrap over problems)")
     args = p.parse_args(argv)
     root = Path(args.results_dir)
     if not root.is_dir():
@@ -176,7 +187,15 @@ def main(argv=None) -> list[Path]:
     with figures.paper_style():
         for path, plot in jobs:
             relative = path.relative_to(root)
-            fig = plot(figures.read_table(path), str(relative))
+            table = figures.read_table(path)
+            if plot is plot_table:
+                with_ci = args.ci and figures.GROUP_COLUMN in table
+                if args.ci and not with_ci:
+                    print(f"note: {relative}: no {figures.GROUP_COLUMN} column (scored by an older "
+                          "version): drawn without CI bands", file=sys.stderr)
+                fig = plot_table(table, str(relative), ci=with_ci)
+            else:
+                fig = plot(table, str(relative))
             written += figures.save_figure(fig, out / _stem(relative), formats=("png", "pdf"), dpi=args.dpi)
             plt.close(fig)
     for path in written:
