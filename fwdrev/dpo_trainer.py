@@ -114,8 +114,10 @@ class DPOTrainer(Trainer):
                              "exactly when the reference is a frozen copy")
         if reference_mode is ReferenceMode.INITIAL_POLICY and not self.args.precompute_ref_log_probs:
             raise ValueError("the initial policy as reference needs --precompute_ref_log_probs")
+        if self.args.precompute_ref_log_probs and not reference_key:
+            raise ValueError("cached reference log-probs need their reference_key (reference_cache_key)")
         self.reference_mode = reference_mode
-        self.reference_key = reference_key or {}
+        self.reference_key = reference_key
         self.ref_model = ref_model
         self._ref_model_prepared = False
         self.reference_logps: pd.DataFrame | None = None  # indexed by example_id

@@ -197,7 +197,7 @@ def test_batched_sorted_reference_equals_one_pair_at_a_time(tiny_model_dir, tmp_
                         precompute_ref_log_probs=True)
     trainer = DPOTrainer(model=model, args=args, train_dataset=PairDataset(pairs),
                          data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                         reference_mode=ReferenceMode.INITIAL_POLICY)
+                         reference_mode=ReferenceMode.INITIAL_POLICY, reference_key={"test": 1})
     batched = trainer._compute_reference_logps(model)
     with torch.no_grad():
         for pair in pairs:  # file order, batch 1: no padding
