@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
+from fwdrev.reference import ReferenceMode, reference_cache_key  # noqa: E402
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
                              finish_distributed,
                              load_policy, load_reference_model, load_training_tokenizer, parse_arguments,
@@ -51,23 +52,14 @@ def main(argv=None):
     setup_logging(args)
     tokenizer = load_training_tokenizer(model_args)
     data, train_pairs, eval_pairs = prepare_training_data(model_args, data_args, args, tokenizer)
-    num_pairs = len(train_pairs) + len(eval_pairs)
 
     model = load_policy(model_args, args)
-    # The reference is the initial policy: a fresh adapter switched off; otherwise (full
-    # fine-tuning, or continuing an SFT adapter) the policy before its first update, scored
-    # up front, or a frozen copy when nothing is precomputed.
-    adapter_off = model_args.use_lora and not model_args.init_adapter
-    ref_model = None
-    if not (adapter_off or args.precompute_ref_log_probs):
-        ref_model = load_reference_model(model_args, args)
-    reference_key = {  # what the cached reference log-probs depend on
-        "reference": "adapter_off" if adapter_off else "initial_policy",
-        "model_name": model_args.model_name, "init_adapter": model_args.init_adapter,
-        "train_file_path": os.path.abspath(data_args.train_file_path),
-        "sample_types": data_args.sample_types, "max_length": data_args.max_length,
-        "max_prompt_length": data_args.max_prompt_length, "num_pairs": num_pairs,
-    }
+    reference_mode = ReferenceMode.choose(model_args, args)
+    ref_model = load_reference_model(model_args, args) if reference_mode.needs_ref_model else None
+    reference_key = None  # only precomputed reference log-probs are cached
+    if args.precompute_ref_log_probs:
+        reference_key = reference_cache_key(reference_mode, model_args, data_args, args,
+                                            [p.example_id for p in train_pairs + eval_pairs])
     callbacks = [MetricsCSVCallback()]
     if data_args.probe_every > 0:
         from fwdrev.probes import build_probe_callback
@@ -80,7 +72,7 @@ def main(argv=None):
         model=model, args=args, train_dataset=PairDataset(train_pairs),
         eval_dataset=PairDataset(eval_pairs) if eval_pairs else None,
         data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=callbacks, reference_key=reference_key, reference_disables_adapter=adapter_off,
+        callbacks=callbacks, reference_mode=reference_mode, reference_key=reference_key,
         ref_model=ref_model)
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(args.resume_from_checkpoint,
                                                                    args.output_dir))

@@ -11,12 +11,10 @@ second model is needed; without precomputing, a separate frozen ``ref_model`` is
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -26,15 +24,14 @@ from transformers import Trainer
 
 from fwdrev.cli import UsageError
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
-from fwdrev.io import write_json, write_table
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
+from fwdrev.reference import (REFERENCE_CACHE, REFERENCE_CACHE_KEY, CacheDecision,  # noqa: F401
+                              ReferenceMode, check_reference_cache, decide_on_main_process,
+                              length_sorted_shard, write_reference_cache)
 from fwdrev.tokenization import TokenizedPair, collate_pairs
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_CACHE = "reference_logps.parquet"
-REFERENCE_CACHE_KEY = "reference_logps.json"
 
 
 @dataclass
@@ -45,6 +42,9 @@ class DPOArguments(RecipeTrainingArguments):
         default=0.0, metadata={"help": "Weight of the chosen-response NLL added to the loss (RPO); 0 = off."})
     precompute_ref_log_probs: bool = field(
         default=True, metadata={"help": "Compute reference log-probs once before training and cache them."})
+    ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Pairs per forward pass when precomputing the reference log-probs "
+                                        "(default: --per_device_eval_batch_size)."})
     logprob_chunk_size: int = field(
         default=DEFAULT_CHUNK_SIZE, metadata={"help": "Tokens per chunk of the output head (memory bound)."})
 
@@ -52,6 +52,8 @@ class DPOArguments(RecipeTrainingArguments):
         super().__post_init__()
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"--loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.ref_batch_size is not None and self.ref_batch_size < 1:
+            raise ValueError(f"--ref_batch_size must be at least 1, got {self.ref_batch_size}")
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -99,25 +101,28 @@ def prepare_deepspeed_reference(model, accelerator):
 class DPOTrainer(RecipeScheduleMixin, Trainer):
     """``Trainer`` with the DPO loss.
 
-    ``reference_disables_adapter``: the reference is the policy with its (fresh) LoRA adapter
-    disabled; otherwise it is the initial policy, precomputed, or ``ref_model`` (frozen).
-    ``reference_key`` identifies the cached reference log-probs.
+    ``reference_mode`` (``ReferenceMode.choose``) says what the reference is; ``ref_model`` is
+    the frozen copy for ``FROZEN_COPY``. ``reference_key`` (``reference_cache_key``) identifies
+    the cached reference log-probs.
     """
 
-    def __init__(self, *args, reference_key: dict | None = None, reference_disables_adapter: bool = True,
+    def __init__(self, *args, reference_mode: ReferenceMode, reference_key: dict | None = None,
                  ref_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = False  # our loss is a batch mean: let Trainer divide by GA steps
-        self.reference_key = reference_key or {}
-        self.reference_disables_adapter = reference_disables_adapter and ref_model is None
+        if reference_mode.needs_ref_model != (ref_model is not None):
+            raise ValueError(f"reference mode {reference_mode.value}: ref_model must be given "
+                             "exactly when the reference is a frozen copy")
+        if reference_mode is ReferenceMode.INITIAL_POLICY and not self.args.precompute_ref_log_probs:
+            raise ValueError("the initial policy as reference needs --precompute_ref_log_probs")
+        if self.args.precompute_ref_log_probs and not reference_key:
+            raise ValueError("cached reference log-probs need their reference_key (reference_cache_key)")
+        self.reference_mode = reference_mode
+        self.reference_key = reference_key
         self.ref_model = ref_model
         self._ref_model_prepared = False
         self.reference_logps: pd.DataFrame | None = None  # indexed by example_id
         self._stored_metrics: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        if not (self.args.precompute_ref_log_probs or self.reference_disables_adapter
-                or ref_model is not None):
-            raise ValueError("without --precompute_ref_log_probs the initial policy must be kept as a "
-                             "separate frozen ref_model")
 
     # ---- reference log-probs -------------------------------------------------------------
     def _all_pairs(self) -> list[TokenizedPair]:
@@ -129,7 +134,7 @@ class DPOTrainer(RecipeScheduleMixin, Trainer):
     def _reference_model(self, model):
         """The model to score the reference with, and the context to score it in."""
         if self.ref_model is None:
-            adapter_off = self.reference_disables_adapter
+            adapter_off = self.reference_mode is ReferenceMode.ADAPTER_OFF
             return model, unwrap_causal_lm(model).disable_adapter() if adapter_off else nullcontext()
         if not self._ref_model_prepared:  # after deepspeed_init, which fills the config's "auto"s
             if self.is_deepspeed_enabled:
@@ -140,47 +145,43 @@ class DPOTrainer(RecipeScheduleMixin, Trainer):
         return self.ref_model, nullcontext()
 
     def ensure_reference_logps(self, model) -> None:
-        """Load the cached reference log-probs or compute them (every rank takes part)."""
+        """Load the cached reference log-probs or compute them (every rank takes part).
+
+        Rank 0 decides (and sends the cached values); every rank then uses them, or every rank
+        joins the computation.
+        """
         if self.reference_logps is not None or not self.args.precompute_ref_log_probs:
             return
-        cache = Path(self.args.output_dir) / REFERENCE_CACHE
-        key_file = Path(self.args.output_dir) / REFERENCE_CACHE_KEY
         wanted_ids = {p.example_id for p in self._all_pairs()}
-        if cache.is_file() and key_file.is_file():
-            cached = pd.read_parquet(cache).set_index("example_id")
-            if json.loads(key_file.read_text()) == self.reference_key and wanted_ids <= set(cached.index):
-                logger.info("reference log-probs loaded from %s", cache)
-                self.reference_logps = cached
-                return
-        if self.state.global_step > 0 and not self.reference_disables_adapter and self.ref_model is None:
-            raise UsageError(f"{cache} is missing or was made for other settings, and the policy it "
-                             "is computed from has been trained since. Resume with "
-                             "--no_precompute_ref_log_probs (keeps a frozen copy of the initial model "
-                             "as the reference) or start in a new --output_dir")
+        decision: CacheDecision = decide_on_main_process(
+            lambda: check_reference_cache(self.args.output_dir, self.reference_key, wanted_ids),
+            self.args.process_index, self.args.world_size)
+        logger.info("%s", decision.reason)
+        if decision.frame is not None:
+            self.reference_logps = decision.frame
+            return
+        if self.state.global_step > 0 and not self.reference_mode.scorable_after_updates:
+            raise UsageError(f"{decision.reason}, and the policy it is computed from has been trained "
+                             "since. Resume with --no_precompute_ref_log_probs (keeps a frozen copy of "
+                             "the initial model as the reference) or start in a new --output_dir")
         frame = self._compute_reference_logps(model)
         if self.args.process_index == 0:
-            write_table(frame.reset_index(), cache)
-            write_json(key_file, self.reference_key)
+            write_reference_cache(self.args.output_dir, frame, self.reference_key)
         self.accelerator.wait_for_everyone()
         self.reference_logps = frame
 
     @torch.no_grad()
     def _compute_reference_logps(self, model) -> pd.DataFrame:
-        pairs = self._all_pairs()
         rank, world = self.args.process_index, self.args.world_size
-        # Every rank runs the same number of forward passes (ZeRO-3 gathers weights collectively),
-        # so shorter shards repeat their last pair.
-        per_rank = -(-len(pairs) // world)
-        shard = pairs[rank::world]
-        shard = shard + [shard[-1]] * (per_rank - len(shard))
-        batch_size = self.args.per_device_eval_batch_size
+        shard = length_sorted_shard(self._all_pairs(), rank, world)
+        batch_size = self.args.ref_batch_size or self.args.per_device_eval_batch_size
         collator = PairCollator(self.processing_class.pad_token_id)
         rows = []
         was_training = model.training
         model.eval()  # no LoRA dropout in the initial policy's scores
         reference, context = self._reference_model(model)
         with context:
-            for start in tqdm(range(0, per_rank, batch_size), desc="reference log-probs",
+            for start in tqdm(range(0, len(shard), batch_size), desc="reference log-probs",
                               disable=rank != 0):
                 batch = collator(shard[start : start + batch_size])
                 out = self._sequence_logprobs(reference, batch)

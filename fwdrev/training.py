@@ -294,9 +294,13 @@ def merge_adapter_into_base(model_args: ModelArguments, adapter_dir: str, merged
     logger.info("merged model saved to %s", merged_dir)
 
 
+def training_tokenizer_source(model_args: ModelArguments) -> str:
+    """The folder of the training tokenizer: the one saved with ``init_adapter`` if any, else the base model's."""
+    if model_args.init_adapter and Path(model_args.init_adapter, "tokenizer_config.json").is_file():
+        return model_args.init_adapter
+    return model_args.model_name
+
+
 def load_training_tokenizer(model_args: ModelArguments):
     """The tokenizer saved with ``init_adapter`` if any, else the base model's."""
-    source = model_args.model_name
-    if model_args.init_adapter and Path(model_args.init_adapter, "tokenizer_config.json").is_file():
-        source = model_args.init_adapter
-    return load_tokenizer(source, model_args.trust_remote_code)
+    return load_tokenizer(training_tokenizer_source(model_args), model_args.trust_remote_code)

@@ -56,7 +56,7 @@ def test_every_flag_reaches_the_arguments():
             "--use_flash_attention", "--local_rank", "-1", "--merge_weights", "--prompt_field", "p",
             "--chosen_field", "c", "--rejected_field", "r", "--sample_types", "original",
             "--loss_type", "ipo", "--sft_weight", "0.5", "--eval_size", "10",
-            "--resume_from_checkpoint", "latest", "--trust_remote_code"]
+            "--resume_from_checkpoint", "latest", "--trust_remote_code", "--ref_batch_size", "9"]
     model, data, args = parse_arguments((ModelArguments, DataArguments, DPOArguments), {}, argv)
     assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (2, 3)
     assert (args.gradient_accumulation_steps, args.learning_rate, args.warmup_steps) == (5, 2e-6, 7)
@@ -64,7 +64,7 @@ def test_every_flag_reaches_the_arguments():
     assert (args.max_steps, args.seed, args.save_steps, args.save_total_limit) == (7, 3, 4, 2)
     assert (args.logging_steps, args.eval_steps, args.activation_checkpointing) == (2, 6, True)
     assert (args.beta, args.loss_type, args.sft_weight) == (0.2, "ipo", 0.5)
-    assert args.resume_from_checkpoint == "latest"
+    assert args.resume_from_checkpoint == "latest" and args.ref_batch_size == 9
     assert not model.use_lora and (model.lora_r, model.lora_alpha, model.lora_dropout) == (4, 8, 0.1)
     assert model.lora_target_modules == "q_proj,v_proj" and model.use_flash_attention
     assert model.merge_weights and model.trust_remote_code
@@ -80,7 +80,7 @@ def test_default_recipe_is_lora_dpo():
                                      ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o"],
                                      stage="dpo", default_recipe="lora")
     assert model.use_lora and (model.lora_r, model.lora_alpha, model.lora_dropout) == (256, 512, 0.05)
-    assert args.loss_type == "sigmoid" and args.precompute_ref_log_probs
+    assert args.loss_type == "sigmoid" and args.precompute_ref_log_probs and args.ref_batch_size is None
     assert (args.learning_rate, args.max_steps, args.save_steps, args.beta) == (5e-6, 50, 7, 0.1)
 
 
