@@ -29,6 +29,7 @@ from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
 from fwdrev.io import write_json, write_table
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
 from fwdrev.tokenization import TokenizedPair, collate_pairs
+from fwdrev.training import AutocastLossMixin
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def prepare_deepspeed_reference(model, accelerator):
     return engine
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(AutocastLossMixin, Trainer):
     """``Trainer`` with the DPO loss.
 
     ``reference_disables_adapter``: the reference is the policy with its (fresh) LoRA adapter
@@ -254,8 +255,8 @@ class DPOTrainer(Trainer):
         return (loss, metrics) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        self.ensure_reference_logps(model)
-        with torch.no_grad():
+        with torch.no_grad(), self.compute_loss_context_manager():
+            self.ensure_reference_logps(model)
             loss, metrics = self.dpo_batch_loss(model, inputs)
         self._store_metrics(metrics, "eval")
         return loss.detach(), None, None

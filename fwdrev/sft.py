@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
 from fwdrev.tokenization import TokenizedPair, pad_sequences, prompt_response_sequence
-from fwdrev.training import DataArguments
+from fwdrev.training import AutocastLossMixin, DataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SFTCollator:
                              self.pad_token_id)
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(AutocastLossMixin, Trainer):
     """``Trainer`` whose loss is the mean NLL of the batch's response tokens."""
 
     def __init__(self, *args, **kwargs):
@@ -74,7 +74,7 @@ class SFTTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
+        with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.response_nll(model, inputs)
         return loss.detach(), None, None
 
