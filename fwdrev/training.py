@@ -166,8 +166,9 @@ def load_reference_model(model_args: ModelArguments, training_args):
     not the policy with its adapter switched off (full fine-tuning, or DPO from an SFT adapter).
     """
     model = _load_base_model(model_args, training_args)
-    if model_args.init_adapter:
-        model = load_adapter(model, model_args.init_adapter)
+    if model_args.init_adapter:  # in the policy's dtype: the reference is the policy as loaded
+        model = load_adapter(model, model_args.init_adapter,
+                             fp32_adapter=optimizer_owns_weights(training_args))
     return model.requires_grad_(False).eval()
 
 
