@@ -11,7 +11,7 @@
 
 # ---- what a user changes ------------------------------------------------------------------
 MODEL_PATHS="${MODEL_PATHS:-./models/your_base_model}"      # space-separated list
-MODEL_NAMES="${MODEL_NAMES:-}"                               # optional, same order; default: folder names
+MODEL_NAMES="${MODEL_NAMES:-}"                               # optional, same order; default: PARENT-FOLDER
 DATA_PATH="${DATA_PATH:-./data/your_dataset.parquet}"
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
 SAMPLE_TYPES="${SAMPLE_TYPES:-}"                             # e.g. original,flipped (default: all rows)
@@ -26,6 +26,9 @@ LORA_ALPHA="${LORA_ALPHA:-512}"
 BETA="${BETA:-0.1}"
 SAVE_STEPS="${SAVE_STEPS:-10}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"                                 # any further combined_dpo.py flags
+# Each model trains into OUTPUT_ROOT/dpo_NAME, NAME = its parent and own folder name
+# (./outputs/sft_f/merged -> dpo_sft_f-merged). A folder that already holds a trained run is
+# refused; EXTRA_ARGS="--resume_from_checkpoint latest" continues (or skips) finished runs.
 # DS_CONFIG: DeepSpeed config (default by device, see choose_precision); empty: no DeepSpeed.
 # -------------------------------------------------------------------------------------------
 
@@ -34,13 +37,29 @@ cd "${REPO_ROOT}"
 
 choose_precision configs/ds_config_zero3_10k.json  # the original's config on GPUs
 
+run_name() {  # run_name MODEL_PATH: PARENT-FOLDER, e.g. ./outputs/sft_f/merged -> sft_f-merged
+    local path
+    path="$(realpath -m "$1")"
+    echo "$(basename "$(dirname "${path}")")-$(basename "${path}")"
+}
+
 read -r -a models <<< "${MODEL_PATHS}"
-read -r -a names <<< "${MODEL_NAMES}"
+read -r -a given_names <<< "${MODEL_NAMES}"
+names=()
+for i in "${!models[@]}"; do
+    names+=("${given_names[$i]:-$(run_name "${models[$i]}")}")
+done
+duplicates="$(printf '%s\n' "${names[@]}" | sort | uniq -d)"
+if [[ -n "${duplicates}" ]]; then  # two runs would write the same output folder
+    echo "error: several MODEL_PATHS get the run name(s) ${duplicates//$'\n'/, }; set MODEL_NAMES" \
+        "(one unique name per model, same order)" >&2
+    exit 2
+fi
 mkdir -p "${OUTPUT_ROOT}/logs"
 failed=()
 for i in "${!models[@]}"; do
     model="${models[$i]}"
-    name="${names[$i]:-$(basename "${model}")}"
+    name="${names[$i]}"
     output_dir="${OUTPUT_ROOT%/}/dpo_${name}"
     log_file="${OUTPUT_ROOT%/}/logs/dpo_${name}.log"
     if ! require_path "model" "${model}" || ! require_path "dataset" "${DATA_PATH}"; then

@@ -26,10 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
 from fwdrev.reference import ReferenceMode, reference_cache_key  # noqa: E402
+from fwdrev.run_folder import check_output_dir, run_is_complete  # noqa: E402
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
-                             finish_distributed,
-                             load_policy, load_reference_model, load_training_tokenizer, parse_arguments,
-                             prepare_training_data, resolve_resume_checkpoint,
+                             check_attention_precision, finish_distributed,
+                             load_policy, load_reference_model, load_training_tokenizer, merge_final_model,
+                             parse_arguments, prepare_training_data, resolve_resume_checkpoint,
                              save_final_model, setup_logging)
 
 logger = logging.getLogger("combined_dpo")
@@ -50,6 +51,8 @@ def main(argv=None):
         (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv,
         stage="dpo", default_recipe=DEFAULT_RECIPE)
     setup_logging(args)
+    check_attention_precision(model_args, args)
+    check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
     tokenizer = load_training_tokenizer(model_args)
     data, train_pairs, eval_pairs = prepare_training_data(model_args, data_args, args, tokenizer)
 
@@ -74,11 +77,15 @@ def main(argv=None):
         data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
         callbacks=callbacks, reference_mode=reference_mode, reference_key=reference_key,
         ref_model=ref_model)
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(args.resume_from_checkpoint,
-                                                                   args.output_dir))
+    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if run_is_complete(trainer, resume_from):
+        finish_distributed(trainer)  # under torchrun this ends the process
+        return
+    trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)
     logger.info("done: %s", args.output_dir)
-    finish_distributed(trainer)  # under torchrun this ends the process
+    # the merge runs on rank 0 once the process group is gone; under torchrun this ends the process
+    finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from fwdrev.reference import (REFERENCE_CACHE, REFERENCE_CACHE_KEY, CacheDecisio
                               ReferenceMode, check_reference_cache, decide_on_main_process,
                               length_sorted_shard, write_reference_cache)
 from fwdrev.tokenization import TokenizedPair, collate_pairs
+from fwdrev.training import AutocastLossMixin
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def prepare_deepspeed_reference(model, accelerator):
     return engine
 
 
-class DPOTrainer(RecipeScheduleMixin, Trainer):
+class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
     """``Trainer`` with the DPO loss.
 
     ``reference_mode`` (``ReferenceMode.choose``) says what the reference is; ``ref_model`` is
@@ -256,8 +257,8 @@ class DPOTrainer(RecipeScheduleMixin, Trainer):
         return (loss, metrics) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        self.ensure_reference_logps(model)
-        with torch.no_grad():
+        with torch.no_grad(), self.compute_loss_context_manager():
+            self.ensure_reference_logps(model)
             loss, metrics = self.dpo_batch_loss(model, inputs)
         self._store_metrics(metrics, "eval")
         return loss.detach(), None, None

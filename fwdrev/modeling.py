@@ -80,28 +80,35 @@ def make_lora_config(r: int = 256, alpha: int = 512, dropout: float = 0.05,
                       bias="none", task_type="CAUSAL_LM")
 
 
-def add_lora(model, lora_config, seed: int):
+def add_lora(model, lora_config, seed: int, fp32_adapter: bool = False):
     """Wrap ``model`` with a fresh LoRA adapter; seeded so every rank starts from the same init.
 
-    ``autocast_adapter_dtype=False`` keeps the adapter in the base model's dtype (bf16 under
-    DeepSpeed), which ZeRO-3 needs: it flattens all trainable parameters into one dtype.
+    ``fp32_adapter=False`` keeps the adapter in the base model's dtype (bf16 under DeepSpeed),
+    which ZeRO-3 needs: it flattens all trainable parameters into one dtype, and keeps fp32
+    master copies itself. Without DeepSpeed the optimizer updates the adapter's own weights, so
+    they must be fp32 (``fp32_adapter=True``): a bf16 weight drops any update smaller than
+    ~1/256 of itself, e.g. most AdamW steps at lr 5e-7.
     """
     from peft import get_peft_model
 
     torch.manual_seed(seed)
-    return get_peft_model(model, lora_config, autocast_adapter_dtype=False)
+    return get_peft_model(model, lora_config, autocast_adapter_dtype=fp32_adapter)
 
 
-def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", is_trainable=False):
-    """Attach a saved adapter to a base model (or to a PeftModel under another name)."""
+def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", is_trainable=False,
+                 fp32_adapter: bool = False):
+    """Attach a saved adapter to a base model (or to a PeftModel under another name).
+
+    The adapter takes the base model's dtype, or float32 with ``fp32_adapter`` (see ``add_lora``).
+    """
     from peft import PeftModel
 
     if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
         model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable,
-                           autocast_adapter_dtype=False)
+                           autocast_adapter_dtype=fp32_adapter)
         return model
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
-                                     is_trainable=is_trainable, autocast_adapter_dtype=False)
+                                     is_trainable=is_trainable, autocast_adapter_dtype=fp32_adapter)
 
 
 def load_for_scoring(model_path: str, base_model: str | None = None,

@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
 from fwdrev.tokenization import TokenizedPair, pad_sequences, prompt_response_sequence
-from fwdrev.training import DataArguments
+from fwdrev.training import AutocastLossMixin, DataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class SFTCollator:
                              self.pad_token_id)
 
 
-class SFTTrainer(RecipeScheduleMixin, Trainer):
+class SFTTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
     """``Trainer`` whose loss is the mean NLL of the batch's response tokens."""
 
     def __init__(self, *args, **kwargs):
@@ -75,7 +75,7 @@ class SFTTrainer(RecipeScheduleMixin, Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
+        with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.response_nll(model, inputs)
         return loss.detach(), None, None
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
 import os
 import random
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
 from fwdrev.io import atomic_path, write_json
 from fwdrev.splits import default_group_column
@@ -43,7 +46,11 @@ class ModelArguments:
     init_adapter: str | None = field(
         default=None, metadata={"help": "Continue training this saved LoRA adapter (e.g. an SFT checkpoint)."})
     merge_weights: bool = field(
-        default=False, metadata={"help": "After training, also save base + adapter merged in OUTPUT_DIR/merged."})
+        default=False, metadata={"help": "After training, also save base + adapter merged (float32) in "
+                                         "OUTPUT_DIR/merged."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train from scratch even if OUTPUT_DIR holds another run's "
+                                         "checkpoints or model (they are overwritten)."})
 
 
 @dataclass
@@ -114,15 +121,36 @@ def setup_logging(training_args) -> None:
                         stream=sys.stdout, force=True)
 
 
+def check_attention_precision(model_args: ModelArguments, training_args) -> None:
+    """flash-attn computes in bf16/fp16 only: a float32 run that would use it stops here (exit 2)."""
+    if (model_args.use_flash_attention and not (training_args.bf16 or training_args.fp16)
+            and pick_attn_implementation(True) == "flash_attention_2"):
+        raise UsageError("--use_flash_attention: flash-attn runs in bf16/fp16 only and this run is "
+                         "float32; add --bf16 (or --fp16), or drop --use_flash_attention")
+
+
+def optimizer_owns_weights(training_args) -> bool:
+    """True without DeepSpeed: AdamW then updates the trained weights themselves, which must be
+    float32 (bf16 drops updates below ~1/256 of a weight). DeepSpeed keeps fp32 master copies."""
+    return not training_args.deepspeed
+
+
 def _load_base_model(model_args: ModelArguments, training_args):
     attn = pick_attn_implementation(model_args.use_flash_attention)
     dtype = default_dtype(training_args.bf16, training_args.fp16)
+    full_finetuning = not (model_args.use_lora or model_args.init_adapter)
+    if full_finetuning and optimizer_owns_weights(training_args):
+        dtype = torch.float32  # --bf16/--fp16 still compute in half precision, under autocast
     return load_causal_lm(model_args.model_name, dtype, attn, model_args.trust_remote_code)
 
 
 def load_policy(model_args: ModelArguments, training_args):
-    """Load the model to train (after the TrainingArguments, see ``parse_arguments``)."""
+    """Load the model to train (after the TrainingArguments, see ``parse_arguments``).
+
+    Trained weights are float32 unless DeepSpeed manages them (``optimizer_owns_weights``).
+    """
     model = _load_base_model(model_args, training_args)
+    fp32_adapter = optimizer_owns_weights(training_args)
     # --gradient_checkpointing is transformers 5's deprecated alias of --activation_checkpointing
     if training_args.activation_checkpointing:
         model.config.use_cache = False
@@ -132,12 +160,26 @@ def load_policy(model_args: ModelArguments, training_args):
         model.enable_input_require_grads()
     if model_args.init_adapter:
         torch.manual_seed(training_args.seed)
-        return load_adapter(model, model_args.init_adapter, is_trainable=True)
+        return load_adapter(model, model_args.init_adapter, is_trainable=True, fp32_adapter=fp32_adapter)
     if model_args.use_lora:
         config = make_lora_config(model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                                   model_args.lora_target_modules)
-        return add_lora(model, config, training_args.seed)
+        return add_lora(model, config, training_args.seed, fp32_adapter=fp32_adapter)
     return model
+
+
+class AutocastLossMixin:
+    """Compute the whole loss and evaluation under the run's bf16/fp16 autocast (no DeepSpeed).
+
+    Accelerate autocasts only the model's forward and returns its outputs in float32; our loss
+    applies the output head to those hidden states itself, where a bf16 head would meet float32
+    inputs ("expected m1 and m2 to have the same dtype"). Put before ``Trainer`` in the bases.
+    """
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        if self.accelerator.native_amp:  # False under DeepSpeed, which casts by itself
+            return self.accelerator.autocast()
+        return contextlib.nullcontext()
 
 
 def load_reference_model(model_args: ModelArguments, training_args):
@@ -147,8 +189,9 @@ def load_reference_model(model_args: ModelArguments, training_args):
     not the policy with its adapter switched off (full fine-tuning, or DPO from an SFT adapter).
     """
     model = _load_base_model(model_args, training_args)
-    if model_args.init_adapter:
-        model = load_adapter(model, model_args.init_adapter)
+    if model_args.init_adapter:  # in the policy's dtype: the reference is the policy as loaded
+        model = load_adapter(model, model_args.init_adapter,
+                             fp32_adapter=optimizer_owns_weights(training_args))
     return model.requires_grad_(False).eval()
 
 
@@ -251,18 +294,24 @@ class MetricsCSVCallback(TrainerCallback):
             writer.writerows(rows)
 
 
-def finish_distributed(trainer) -> None:
-    """End a torchrun process once every rank is done: leave the process group together, exit.
+def finish_distributed(trainer, then=None) -> None:
+    """End the run: leave the process group together, call ``then()`` on rank 0, exit under torchrun.
 
-    The exit skips interpreter teardown on purpose. Process groups that DeepSpeed still holds
-    are otherwise destroyed during finalization, and gloo's worker threads then abort a rank
-    ("terminate called without an active exception", SIGABRT) after a successful run. Every
-    output is written and closed by now.
+    ``then`` (the merge) runs after the group is gone, so its minutes of loading and writing
+    cannot hit a collective timeout on the other ranks. The exit skips interpreter teardown on
+    purpose: process groups that DeepSpeed still holds are otherwise destroyed during
+    finalization, and gloo's worker threads then abort a rank ("terminate called without an
+    active exception", SIGABRT) after a successful run. Every output is written and closed by now.
     """
-    if not (torch.distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+    is_rank_zero = trainer.args.process_index == 0
+    distributed = torch.distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+    if then is not None and is_rank_zero:
+        then()
+    if not distributed:
         return
-    trainer.accelerator.wait_for_everyone()
-    torch.distributed.destroy_process_group()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -270,28 +319,44 @@ def finish_distributed(trainer) -> None:
 
 
 def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:
-    """Save the adapter (or full model) and tokenizer; optionally a merged copy in OUTPUT_DIR/merged."""
+    """Save the adapter (or full model) and tokenizer (every rank: ZeRO-3 gathers collectively).
+
+    The merged copy is made later, by ``merge_final_model`` after ``finish_distributed``.
+    """
     output_dir = trainer.args.output_dir
     trainer.save_model(output_dir)
     if trainer.args.process_index == 0:
         tokenizer.save_pretrained(output_dir)
+
+
+def merge_final_model(model_args: ModelArguments, output_dir: str, tokenizer) -> None:
+    """With --merge_weights and an adapter: OUTPUT_DIR/merged = base + the saved adapter."""
     if model_args.merge_weights and (model_args.use_lora or model_args.init_adapter):
-        if trainer.args.process_index == 0:
-            dtype = default_dtype(trainer.args.bf16, trainer.args.fp16)
-            merge_adapter_into_base(model_args, output_dir, os.path.join(output_dir, "merged"),
-                                    tokenizer, dtype)
-        trainer.accelerator.wait_for_everyone()
+        merge_adapter_into_base(model_args, output_dir, os.path.join(output_dir, "merged"), tokenizer)
 
 
 def merge_adapter_into_base(model_args: ModelArguments, adapter_dir: str, merged_dir: str, tokenizer,
                             dtype: torch.dtype = torch.float32) -> None:
-    """Reload the base model on CPU (no ZeRO-3 shards to gather), apply the adapter, merge, save."""
-    with zero3_init_disabled():  # this runs on rank 0 alone: no collective partitioning at load
+    """Reload the base model on CPU, apply the adapter, merge, save; all in float32 by default.
+
+    A DPO-sized change rounded into bf16 weights keeps ~11% of itself, so a bf16 merge would
+    score like the starting model. The folder is written as a hidden sibling and renamed into
+    place when complete: a killed merge never leaves a half-written ``merged_dir``.
+    """
+    with zero3_init_disabled():  # no collective partitioning at load: this is one process
         base = load_causal_lm(model_args.model_name, dtype, "sdpa", model_args.trust_remote_code)
     merged = load_adapter(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(merged_dir)
-    tokenizer.save_pretrained(merged_dir)
-    logger.info("merged model saved to %s", merged_dir)
+    target = Path(merged_dir)
+    partial, replaced = (target.with_name(f".{target.name}.{suffix}") for suffix in ("partial", "old"))
+    for leftover in (partial, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    merged.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():  # a merge from an earlier run of this folder
+        os.replace(target, replaced)
+    os.replace(partial, target)
+    shutil.rmtree(replaced, ignore_errors=True)
+    logger.info("merged model (%s) saved to %s", str(dtype).removeprefix("torch."), target)
 
 
 def training_tokenizer_source(model_args: ModelArguments) -> str:

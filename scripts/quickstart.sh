@@ -51,7 +51,8 @@ RESULTS="${OUT}/analysis"
 mkdir -p "${OUT}"
 COMMON=(--max_length "${MAX_LENGTH}" --max_prompt_length 128 --lora_r "${LORA_R}"
         --lora_alpha "${LORA_ALPHA}" --lora_dropout 0.0 --deepspeed "${DS_CONFIG}"
-        --logging_steps 5 --report_to tensorboard --seed 0)
+        --logging_steps 5 --report_to tensorboard --seed 0
+        --resume_from_checkpoint latest)  # a rerun continues unfinished runs and skips finished ones
 
 banner "setup: tiny model and data"
 if [[ ! -f r1k.parquet ]]; then  # the shipped set (the tiny model's tokenizer is trained on it)

@@ -30,9 +30,10 @@ from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import PairDataset  # noqa: E402
 from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,  # noqa: E402
                         SFTDataArguments, SFTTrainer)
-from fwdrev.training import (MetricsCSVCallback, ModelArguments, finish_distributed,  # noqa: E402
-                             load_policy, load_training_tokenizer, parse_arguments,
-                             prepare_training_data, resolve_resume_checkpoint,
+from fwdrev.run_folder import check_output_dir, run_is_complete  # noqa: E402
+from fwdrev.training import (MetricsCSVCallback, ModelArguments, check_attention_precision,  # noqa: E402
+                             finish_distributed, load_policy, load_training_tokenizer, merge_final_model,
+                             parse_arguments, prepare_training_data, resolve_resume_checkpoint,
                              save_final_model, setup_logging)
 
 logger = logging.getLogger("sft")
@@ -56,6 +57,8 @@ def main(argv=None):
         (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv,
         stage="sft", default_recipe=DEFAULT_RECIPE)
     setup_logging(args)
+    check_attention_precision(model_args, args)
+    check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
     tokenizer = load_training_tokenizer(model_args)
     data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,
                                                         with_rejected=False)
@@ -79,12 +82,16 @@ def main(argv=None):
     if args.save_every_epoch:
         trainer.add_callback(EpochCheckpointCallback(trainer))
     resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if run_is_complete(trainer, resume_from):
+        finish_distributed(trainer)  # under torchrun this ends the process
+        return
     if resume_from:
         logger.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)
     logger.info("done: %s", args.output_dir)
-    finish_distributed(trainer)  # under torchrun this ends the process
+    # the merge runs on rank 0 once the process group is gone; under torchrun this ends the process
+    finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
 
 
 if __name__ == "__main__":

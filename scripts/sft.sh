@@ -24,6 +24,8 @@ MAX_LENGTH="${MAX_LENGTH:-20000}"
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
 GRAD_ACCUM="${GRAD_ACCUM:-1}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"            # any further scripts/sft.py flags (--no_use_lora, --merge_weights)
+# OUTPUT_ROOT/sft_<set> already holding a trained run is refused (exit 2): use a new OUTPUT_ROOT
+# per base model, or EXTRA_ARGS="--resume_from_checkpoint latest" to continue (finished runs are skipped).
 # DS_CONFIG: DeepSpeed config (default below, by device); set it empty to run without DeepSpeed.
 # -------------------------------------------------------------------------------------------
 

@@ -234,7 +234,7 @@ def test_launcher_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 1  # the missing model is reported and counted as failed
     assert "model not found" in result.stderr and "missing_model" in result.stderr
-    name = Path(tiny_model_dir).name
+    name = f"{Path(tiny_model_dir).parent.name}-{Path(tiny_model_dir).name}"  # parent-folder
     assert (tmp_path / f"dpo_{name}" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "logs" / f"dpo_{name}.log").is_file()
     assert final_state(tmp_path / f"dpo_{name}")["global_step"] == 2
