@@ -27,7 +27,8 @@ from fwdrev.data import load_preference_data
 SAMPLE = REPO_ROOT / "data-100samples.parquet"
 RUN = ["--max_length", "160", "--max_prompt_length", "96", "--lora_r", "4", "--lora_alpha", "8",
        "--report_to", "none", "--eval_size", "0", "--max_steps", "1", "--save_strategy", "no",
-       "--per_device_eval_batch_size", "4"]
+       "--per_device_eval_batch_size", "4",
+       "--overwrite_output_dir"]  # re-runs into one folder: where a stale cache would be picked up
 
 
 @pytest.fixture

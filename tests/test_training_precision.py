@@ -20,7 +20,7 @@ from fwdrev.training import ModelArguments, check_attention_precision, load_poli
 
 SAMPLE = str(REPO_ROOT / "data-100samples.parquet")
 # the paper's DPO learning rate: its updates are far below bf16's resolution of the weights
-TINY_RUN = ["--max_length", "256", "--max_prompt_length", "128", "--lora_r", "8", "--lora_alpha", "16",
+TINY_RUN = ["--use_lora", "--max_length", "256", "--max_prompt_length", "128", "--lora_r", "8", "--lora_alpha", "16",
             "--learning_rate", "5e-7", "--warmup_steps", "0", "--gradient_accumulation_steps", "1",
             "--report_to", "none", "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1",
             "--save_total_limit", "5", "--bf16"]
