@@ -42,6 +42,8 @@ def shared_sample():
 def test_real_sample_splits_every_row_exactly(shared_sample):
     data = load_preference_data(shared_sample)
     frame = pd.read_parquet(shared_sample)
+    adjusted = {i for rows in data.report.adjusted.values() for i in rows}
+    assert len(adjusted) == 1  # the one row whose two prompts differ in white space only
     assert data.report.shape == "embedded"
     assert len(data.examples) == 100
     for example in data.examples:
@@ -49,9 +51,21 @@ def test_real_sample_splits_every_row_exactly(shared_sample):
         assert example.prompt + example.chosen == row["text"]
         assert example.prompt.endswith(ASSISTANT_HEADER)
         assert not example.chosen.startswith("<|im_start|>system")  # prompt never duplicated
-        # the rejected response sits after the same prompt (modulo the one white-space row)
-        assert row["worse-text"].endswith(example.rejected)
+        # the rejected response is everything after the last assistant header of its own text
+        assert example.rejected == row["worse-text"].split(ASSISTANT_HEADER)[-1]
+        if example.example_id not in adjusted:  # same prompt: prompt + response is the whole text
+            assert example.prompt + example.rejected == row["worse-text"]
     assert data.report.sample_type_counts == {"original": 50, "flipped": 50}
+
+
+def test_embedded_rows_split_into_the_exact_prompt_and_responses(tmp_path):
+    data = load_preference_data(write(embedded_rows(2), tmp_path))
+    first, second = data.examples
+    assert first.prompt == ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nq0<|im_end|>\n"
+                            "<|im_start|>assistant\n")
+    assert (first.chosen, first.rejected) == ("good 0<|im_end|>\n", "bad 0<|im_end|>\n")
+    assert (second.chosen, second.rejected) == ("good 1<|im_end|>\n", "bad 1<|im_end|>\n")
+    assert [e.sample_type for e in data.examples] == ["original", "flipped"]
 
 
 def test_real_sample_whitespace_prompt_row_is_accepted_and_reported(shared_sample):

@@ -112,16 +112,35 @@ def test_max_steps_and_outputs_single_process(tiny_model_dir, tmp_path):
     train = metrics.dropna(subset=["loss"])
     assert list(train["step"]) == [1, 2, 3, 4, 5, 6, 7]
     assert train["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
-    for column in ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                   "logps/chosen", "logps/rejected", "logps/chosen_mean_per_token"]:
+    for column in ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"]:
+        assert train[column].iloc[0] == pytest.approx(0.0, abs=1e-5), column  # no reward before any update
+    for column in ["logps/chosen", "logps/rejected", "logps/chosen_mean_per_token"]:
         assert train[column].notna().all()
     assert list(metrics.dropna(subset=["eval_loss"])["step"]) == [3, 6, 7]  # every 3 steps and at the end
     assert (tmp_path / "adapter_model.safetensors").is_file()
-    reference = pd.read_parquet(tmp_path / "reference_logps.parquet")
-    assert len(reference) == 100 and (reference["chosen_logp_sum"] < 0).all()
+    reference = pd.read_parquet(tmp_path / "reference_logps.parquet").set_index("example_id")
+    assert sorted(reference.index) == list(range(100))
+    assert_reference_is_the_base_model(tiny_model_dir, reference, example_ids=[0, 57])
     report = json.loads((tmp_path / "data_report.json").read_text())
     assert report["used_rows"] == 100
     assert json.loads((tmp_path / "run_config.json").read_text())["DPOArguments"]["max_steps"] == 7
+
+
+def assert_reference_is_the_base_model(model_dir, reference: pd.DataFrame, example_ids) -> None:
+    """Cached reference log-probs of these examples = the base model's, from one full-logits pass each."""
+    tokenizer = load_tokenizer(str(model_dir))
+    examples = [e for e in load_preference_data(SAMPLE, tokenizer=tokenizer).examples if e.example_id in example_ids]
+    base = load_causal_lm(str(model_dir)).eval()
+    for pair in encode_examples(tokenizer, examples, 256, 128):  # SMALL_RUN's lengths
+        for side in ("chosen", "rejected"):
+            response = getattr(pair, f"{side}_ids")
+            ids = torch.tensor([pair.prompt_ids + response])
+            with torch.no_grad():
+                logps = torch.log_softmax(base(input_ids=ids).logits[0, :-1].double(), dim=-1)
+            expected = logps.gather(-1, ids[0, 1:, None])[len(pair.prompt_ids) - 1 :, 0]
+            row = reference.loc[pair.example_id]
+            assert row[f"{side}_logp_sum"] == pytest.approx(expected.sum().item(), abs=1e-3), (pair.example_id, side)
+            assert row[f"{side}_logp_mean"] == pytest.approx(expected.mean().item(), abs=1e-5), (pair.example_id, side)
 
 
 def test_bad_data_exits_2_with_the_rows(tiny_model_dir, tmp_path):

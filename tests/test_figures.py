@@ -334,9 +334,9 @@ def test_heatmap_has_one_row_per_example_and_one_column_per_checkpoint():
     fig = dyn.plot_table(table.sample(frac=1, random_state=0), "m/dpo/all.csv")  # row order must not matter
     image = next(a for a in fig.axes if a.images).images[0]
     assert image.get_array().shape == (6, 12)
-    # rows: the 3 forward ("original") examples, then the 3 reverse ones; columns: checkpoints by step
-    expected = np.array([[table[(table.example_id == i) & (table.epoch == e)].delta_logp_mean.item()
-                          for e in range(1, 13)] for i in range(6)])
+    # row i = example i (ids 0-2 original, 3-5 flipped), column j = checkpoint-{10 (j + 1)}
+    expected = np.array([[table.loc[(table["example_id"] == i) & (table["epoch"] == epoch), "delta_logp_mean"].item()
+                          for epoch in range(1, 13)] for i in range(6)])
     assert np.allclose(image.get_array(), expected)
     assert image.norm.vcenter == 0
     assert fig._suptitle.get_text() == "m/dpo/all.csv"
@@ -345,8 +345,16 @@ def test_heatmap_has_one_row_per_example_and_one_column_per_checkpoint():
 
 def test_heatmap_keeps_forward_and_reverse_rows_apart_when_ids_repeat():
     table = analysis_table("sft", 3, n_examples=6, shared_ids=True)
+    table = table.iloc[::-1]  # flipped rows first in the file: the forward block still comes first
     matrix = figures.example_matrix(table)
     assert matrix.shape == (6, 3) and matrix.index.names == ["sample_type", "example_id"]
+    assert matrix.index.tolist() == [("original", 0), ("original", 1), ("original", 2),
+                                     ("flipped", 0), ("flipped", 1), ("flipped", 2)]
+    assert matrix.columns.tolist() == ["1", "2", "3"]
+    for (sample_type, example_id), values in matrix.iterrows():
+        rows = table[(table["sample_type"] == sample_type) & (table["example_id"] == example_id)]
+        by_epoch = rows.sort_values("epoch")["delta_logp_mean"].to_numpy()
+        assert values.to_numpy().tolist() == by_epoch.tolist()  # one value each, not a mean of two
 
 
 def test_curves_show_means_over_examples():

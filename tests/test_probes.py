@@ -4,12 +4,12 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 from transformers import Trainer, TrainingArguments
 
 from fwdrev.data import load_preference_data
 from fwdrev.modeling import load_causal_lm, load_tokenizer
 from fwdrev.probes import DYNAMICS_COLUMNS, build_probe_callback, select_probe_pairs
-from fwdrev.scoring import score_pairs
 from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples, pad_sequences, prompt_response_sequence
 
@@ -30,6 +30,14 @@ def setup(tiny_model_dir, tmp_path_factory):
                                 sample_types=None, drop_invalid_rows=False, max_length=256,
                                 max_prompt_length=128)
     return SimpleNamespace(tokenizer=tokenizer, train=pairs[:8], eval=pairs[8:], data_args=data_args)
+
+
+def full_logits_response_logps(model, prompt_ids, response_ids) -> torch.Tensor:
+    """log p of each response token from one full-logits forward pass (no chunking, no padding)."""
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1)
+    return logps.gather(-1, ids[0, 1:, None])[len(prompt_ids) - 1 :, 0]  # position t predicts t + 1
 
 
 def train(tiny_model_dir, setup, output_dir, resume_from_checkpoint=None):
@@ -58,13 +66,19 @@ def test_probe_rows_at_steps_0_n_2n_and_resume(tiny_model_dir, setup, tmp_path):
     assert per_step["train"].tolist() == [3, 3, 3] and per_step["eval"].tolist() == [2, 2, 2]
     assert set(rows["sample_type"]) <= {"original", "flipped"}
 
-    # step-0 rows are the untrained model's scores
+    # step-0 rows are the untrained model's log-probs, computed here the slow, obvious way
     probes = select_probe_pairs(setup.train, setup.eval, 3, seed=0)
-    expected = score_pairs(load_causal_lm(str(tiny_model_dir)), probes["train"], setup.tokenizer.pad_token_id)
+    untrained = load_causal_lm(str(tiny_model_dir)).eval()
     at_start = rows[(rows["step"] == 0) & (rows["split"] == "train")]
-    assert at_start["example_id"].tolist() == expected["example_id"].tolist()
-    for column in ("chosen_logp_mean", "rejected_logp_mean", "delta_logp_mean", "chosen_logp_sum"):
-        assert at_start[column].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-4)
+    assert at_start["example_id"].tolist() == [p.example_id for p in probes["train"]]
+    for pair, row in zip(probes["train"], at_start.to_dict("records")):
+        chosen = full_logits_response_logps(untrained, pair.prompt_ids, pair.chosen_ids)
+        rejected = full_logits_response_logps(untrained, pair.prompt_ids, pair.rejected_ids)
+        assert row["chosen_logp_sum"] == pytest.approx(chosen.sum().item(), abs=1e-3)
+        assert row["rejected_logp_sum"] == pytest.approx(rejected.sum().item(), abs=1e-3)
+        assert row["chosen_logp_mean"] == pytest.approx(chosen.mean().item(), abs=1e-5)
+        assert row["rejected_logp_mean"] == pytest.approx(rejected.mean().item(), abs=1e-5)
+        assert row["delta_logp_mean"] == pytest.approx((chosen.mean() - rejected.mean()).item(), abs=1e-5)
     later = rows[(rows["step"] == MAX_STEPS) & (rows["split"] == "train")]
     assert not later["chosen_logp_mean"].to_numpy() == pytest.approx(at_start["chosen_logp_mean"].to_numpy())
 

@@ -187,14 +187,23 @@ def test_problem_group_ids_from_data_columns(shared_sample_path):
         problem_group_ids(real, group_field="nope", source="x.parquet")
 
 
-def test_reward_columns():
+def test_reward_columns_against_hand_computed_numbers():
     table = fake_table(3)
-    reference = table[["example_id"]].assign(chosen_logp_sum=[1.0, 2.0, 3.0], rejected_logp_sum=[0.0, 0.0, 1.0])
+    table["chosen_logp_sum"] = [-10.0, -20.0, -30.0]
+    table["rejected_logp_sum"] = [-12.0, -18.0, -40.0]
+    # reference rows in another order than the table: matched by example_id, not by position
+    reference = pd.DataFrame({"example_id": [2, 0, 1], "chosen_logp_sum": [-31.0, -11.0, -19.0],
+                              "rejected_logp_sum": [-35.0, -15.0, -17.0]})
     rewarded = add_reward_columns(table, reference, beta=0.5)
     assert list(rewarded.columns) == SCORE_COLUMNS + REWARD_COLUMNS
-    expected = 0.5 * (table["chosen_logp_sum"] - [1.0, 2.0, 3.0])
-    assert np.allclose(rewarded["chosen_reward"], expected)
-    assert np.allclose(rewarded["reward_margin"], rewarded["chosen_reward"] - rewarded["rejected_reward"])
+    assert rewarded["ref_chosen_logp_sum"].tolist() == [-11.0, -19.0, -31.0]
+    assert rewarded["ref_rejected_logp_sum"].tolist() == [-15.0, -17.0, -35.0]
+    # 0.5 * (policy - reference), typed out: -10 - -11 = 1, -20 - -19 = -1, -30 - -31 = 1
+    assert rewarded["chosen_reward"].tolist() == [0.5, -0.5, 0.5]
+    # -12 - -15 = 3, -18 - -17 = -1, -40 - -35 = -5
+    assert rewarded["rejected_reward"].tolist() == [1.5, -0.5, -2.5]
+    assert rewarded["reward_margin"].tolist() == [-1.0, 0.0, 3.0]
+    assert summarize_scores(rewarded)["all"]["reward_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_checkpoint_summary_rows():
@@ -243,4 +252,6 @@ def test_real_data_rows_are_truncated_and_scored(tiny, shared_sample_path):
     for pair, row in zip(pairs, scores.to_dict("records")):
         assert row["chosen_num_tokens"] == 192 - len(pair.prompt_ids)
         assert row["chosen_num_tokens_first_k"] == 50
-        assert np.isfinite(row["chosen_logp_sum"]) and row["chosen_logp_max"] <= 0
+        expected = full_logits_response_logps(model, pair.prompt_ids, pair.chosen_ids)
+        assert row["chosen_logp_sum"] == pytest.approx(expected.sum().item(), abs=1e-3)
+        assert row["chosen_logp_max"] == pytest.approx(expected.max().item(), abs=1e-5)

@@ -271,7 +271,18 @@ def test_probes_default_to_training_rows_with_their_rejected_response(tiny_model
     assert probes.groupby(["step", "split"]).size().to_dict() == {(0, "eval"): 3, (0, "train"): 3,
                                                                   (2, "eval"): 3, (2, "train"): 3}
     assert set(probes["sample_type"]) == {"flipped"}
-    assert probes["rejected_logp_mean"].lt(0).all() and probes["chosen_logp_mean"].lt(0).all()
+    # step-0 rows: the base model's y+ and y- log-probs of those rows, one full-logits pass each
+    at_start = probes[probes["step"] == 0].set_index("example_id")
+    model, tokenizer = load_for_scoring(str(tiny_model_dir))
+    examples = [e for e in load_preference_data(SAMPLE, tokenizer=tokenizer).examples if e.example_id in at_start.index]
+    assert len(examples) == 6
+    for pair in encode_examples(tokenizer, examples, 256, 128):  # SMALL_RUN's lengths
+        for side in ("chosen", "rejected"):
+            ids = torch.tensor([pair.prompt_ids + getattr(pair, f"{side}_ids")])
+            with torch.no_grad():
+                logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1)
+            expected = logps.gather(-1, ids[0, 1:, None])[len(pair.prompt_ids) - 1 :, 0]
+            assert at_start.loc[pair.example_id, f"{side}_logp_mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
 
 
 def test_missing_response_column_exits_2(tiny_model_dir, tmp_path, capsys):
