@@ -111,7 +111,8 @@ def build_probe_callback(data_args, tokenizer, train_pairs: list[TokenizedPair],
     if data_args.probe_file:
         data = load_preference_data(data_args.probe_file, data_args.prompt_field,
                                     data_args.chosen_field, data_args.rejected_field,
-                                    None, data_args.drop_invalid_rows, tokenizer)
+                                    None, data_args.drop_invalid_rows, tokenizer,
+                                    flipped_prompt_field=data_args.flipped_prompt_field)
         probe_pairs = {"probe": encode_examples(tokenizer, data.examples, data_args.max_length,
                                                 data_args.max_prompt_length)}
         sample_types = {e.example_id: e.sample_type for e in data.examples}
@@ -131,7 +132,8 @@ def preference_pairs_of_rows(data_args, tokenizer, *row_sets: list[TokenizedPair
     try:
         data = load_preference_data(data_args.train_file_path, data_args.prompt_field,
                                     data_args.chosen_field, data_args.rejected_field,
-                                    data_args.sample_types, data_args.drop_invalid_rows, tokenizer)
+                                    data_args.sample_types, data_args.drop_invalid_rows, tokenizer,
+                                    flipped_prompt_field=data_args.flipped_prompt_field)
     except DataValidationError as error:
         raise DataValidationError(f"{error}\n--probe_every scores y+ and y-: give a preference "
                                   "file with --probe_file") from None

@@ -145,10 +145,25 @@ def test_bad_data_exits_with_code_2(tiny_model_dir, tmp_path):
 def test_prompt_length_not_below_max_length_exits_with_code_2(tiny_model_dir, runs, tmp_path):
     result = subprocess.run([sys.executable, "analysis/analyze_dpo_model.py", "--model_path", str(tiny_model_dir),
                              "--dataset_path", str(runs / "rows.parquet"), "--output_dir", str(tmp_path),
-                             "--max_length", "256"],  # below the default --max_prompt_length 2048
+                             "--max_length", "256", "--max_prompt_length", "300"],
                             cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--max_prompt_length 2048 and --max_length 256" in result.stderr
+    assert "--max_prompt_length 300 and --max_length 256" in result.stderr
+
+
+@pytest.mark.parametrize("max_length, expected", [(512, 256), (20000, 2048), (4097, 2048)])
+def test_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, expected):
+    """`--max_length 512` alone used to exit 2 (the prompt budget defaulted to 2048)."""
+    for script in ("analyze_dpo_model", "analyze_training_dynamics"):
+        required = (["--model_path", "m", "--dataset_path", "d", "--output_dir", "o"] if script == "analyze_dpo_model" else
+                    ["--base_model", "m", "--checkpoint_dir", "c", "--output_dir", "o", "--dataset_path", "d"])
+        module = analyze_dpo_model if script == "analyze_dpo_model" else analyze_training_dynamics
+        args = module.parse_args(required + ["--max_length", str(max_length)])
+        assert args.max_prompt_length == expected
+        assert args.flipped_prompt_field == "relevant-question"
+    explicit = analyze_dpo_model.parse_args(["--model_path", "m", "--dataset_path", "d", "--output_dir", "o",
+                                             "--max_length", "512", "--max_prompt_length", "500"])
+    assert explicit.max_prompt_length == 500
 
 
 def test_launchers_check_their_inputs(tmp_path):
