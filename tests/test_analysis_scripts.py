@@ -1,6 +1,7 @@
 """The analysis scripts end to end on the tiny model: tables, resume, sharding, launchers."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,35 @@ def test_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, exp
     explicit = analyze_dpo_model.parse_args(["--model_path", "m", "--dataset_path", "d", "--output_dir", "o",
                                              "--max_length", "512", "--max_prompt_length", "500"])
     assert explicit.max_prompt_length == 500
+
+
+LAUNCHERS = {  # launcher -> the environment that makes it reach torchrun
+    "analysis/run_dpo_analysis.sh": {"MODEL_PATH": "{d}", "DATASET_PATH": "{d}"},
+    "analysis/run_training_dynamics.sh": {"BASE_MODEL": "{d}", "CHECKPOINT_DIR": "{d}", "DATASET_PATH": "{d}"},
+    "scripts/sft.sh": {"MODEL_PATH": "{d}", "DATA_PATH": "{d}", "TRAIN_SETS": "f", "OUTPUT_ROOT": "{d}/o",
+                       "DS_CONFIG": ""},
+    "dpo/7b-train_multiple_base_models.sh": {"MODEL_PATHS": "{d}", "DATA_PATH": "{d}", "OUTPUT_ROOT": "{d}/o",
+                                             "DS_CONFIG": ""},
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launchers_pass_max_prompt_length_only_when_set(launcher, tmp_path):
+    """MAX_PROMPT_LENGTH used to default to 2048, so MAX_LENGTH=512 alone always exited 2."""
+    (tmp_path / "bin").mkdir()
+    fake_torchrun = tmp_path / "bin" / "torchrun"
+    fake_torchrun.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
+    fake_torchrun.chmod(0o755)
+    env = {k: v.format(d=tmp_path) for k, v in LAUNCHERS[launcher].items()}
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    for prompt_length, expected in (("", None), ("100", "--max_prompt_length 100")):
+        (tmp_path / "args").unlink(missing_ok=True)
+        result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                                env=script_env(**env, MAX_LENGTH=512, MAX_PROMPT_LENGTH=prompt_length))
+        assert result.returncode == 0, result.stderr[-2000:]
+        args = (tmp_path / "args").read_text()
+        assert "--max_length 512" in args
+        assert ("--max_prompt_length" in args) == bool(expected) and (expected or "") in args
 
 
 def test_launchers_check_their_inputs(tmp_path):
