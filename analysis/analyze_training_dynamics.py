@@ -41,7 +41,7 @@ TABLE_SUBSETS = ("all", "first50", "last50")
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.
 SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
                   "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
-                  "base_model", "checkpoint_dir", "scoring")
+                  "flipped_prompt_field", "base_model", "checkpoint_dir", "scoring")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-./outputs/dpo_analysis}"
 BETA="${BETA:-0.1}"
 MAX_TOKENS="${MAX_TOKENS:-1000}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"  # must stay below MAX_LENGTH
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"  # below MAX_LENGTH; empty: min(2048, MAX_LENGTH / 2)
 BATCH_SIZE="${BATCH_SIZE:-2}"
 SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (README)
 
@@ -29,5 +29,5 @@ optional=()
 launch "${REPO_ROOT}/analysis/analyze_dpo_model.py" \
     --model_path "${MODEL_PATH}" --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" \
     --beta "${BETA}" --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
-    --max_prompt_length "${MAX_PROMPT_LENGTH}" --scoring "${SCORING}" \
+    ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --scoring "${SCORING}" \
     --batch_size "${BATCH_SIZE}" "${optional[@]}" "$@"

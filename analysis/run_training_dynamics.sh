@@ -16,7 +16,7 @@ EPOCHS="${EPOCHS:-}"                    # e.g. 1,2,3 (default: every checkpoint 
 INCLUDE_BASE="${INCLUDE_BASE:-0}"       # 1: also score the base model as epoch 0
 MAX_TOKENS="${MAX_TOKENS:-1000}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"  # must stay below MAX_LENGTH
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"  # below MAX_LENGTH; empty: min(2048, MAX_LENGTH / 2)
 BATCH_SIZE="${BATCH_SIZE:-2}"
 SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (README)
 
@@ -33,5 +33,5 @@ launch "${REPO_ROOT}/analysis/analyze_training_dynamics.py" \
     --base_model "${BASE_MODEL}" --checkpoint_dir "${CHECKPOINT_DIR}" \
     --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" --stage "${STAGE}" \
     --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
-    --max_prompt_length "${MAX_PROMPT_LENGTH}" --batch_size "${BATCH_SIZE}" --scoring "${SCORING}" \
+    ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --batch_size "${BATCH_SIZE}" --scoring "${SCORING}" \
     "${optional[@]}" "$@"

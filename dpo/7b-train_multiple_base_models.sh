@@ -19,7 +19,7 @@ MAX_STEPS="${MAX_STEPS:-50}"
 LEARNING_RATE="${LEARNING_RATE:-5e-7}"
 WARMUP_STEPS="${WARMUP_STEPS:-20}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"   # empty: min(2048, MAX_LENGTH / 2)
 GRAD_ACCUM="${GRAD_ACCUM:-4}"
 LORA_R="${LORA_R:-256}"
 LORA_ALPHA="${LORA_ALPHA:-512}"
@@ -76,7 +76,7 @@ for i in "${!models[@]}"; do
         --max_steps "${MAX_STEPS}" --learning_rate "${LEARNING_RATE}" --lr_scheduler_type cosine \
         --warmup_steps "${WARMUP_STEPS}" --per_device_train_batch_size 1 \
         --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
-        --max_prompt_length "${MAX_PROMPT_LENGTH}" --beta "${BETA}" \
+        ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --beta "${BETA}" \
         --lora_r "${LORA_R}" --lora_alpha "${LORA_ALPHA}" --lora_dropout 0.05 \
         --save_steps "${SAVE_STEPS}" --logging_steps 1 ${EXTRA_ARGS}; then
         echo "    done"

@@ -8,6 +8,12 @@ Two input shapes are accepted:
   (system + user + assistant, as in the study's data). The prompt is the text up to and
   including the last assistant header, the response is the rest. The question column is not
   used then: for ``flipped`` rows the user turn holds the reverse question.
+  White space after the final ``<|im_end|>`` is not part of a response (the study's ``text``
+  column ends with ``<|im_end|>\n``, its ``worse-text`` column does not: y+ would score one
+  more token than y-); it is dropped from both sides and the rows are reported.
+
+Plain ``flipped`` rows are prompted with ``flipped_prompt_field`` (``relevant-question``, the
+reverse question in the study's schema) when the file has that column, like the embedded shape.
 
 Every excluded or adjusted row is counted in a ``DataReport`` with its row indices.
 """
@@ -25,6 +31,8 @@ import pandas as pd
 from fwdrev.io import write_json
 
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
+IM_END = "<|im_end|>"
+CHAT_MARKERS = re.compile(r"(<\|im_start\|>|<\|im_end\|>)")
 FALLBACK_PROMPT_TEMPLATE = "### Question:\n{question}\n\n### Answer:\n"
 MAX_INDICES_IN_MESSAGE = 20
 
@@ -108,6 +116,14 @@ def split_embedded(text: str) -> tuple[str, str] | None:
     return text[:cut], text[cut:]
 
 
+def strip_after_final_im_end(response: str) -> str:
+    """Drop white space after the final ``<|im_end|>`` (it is not part of the response)."""
+    end = response.rfind(IM_END)
+    if end < 0 or response[end + len(IM_END):].strip():
+        return response  # no end marker, or real text after it: leave the response alone
+    return response[: end + len(IM_END)]
+
+
 def render_prompt(question: str, tokenizer=None) -> str:
     """Render a plain question as a prompt: the tokenizer's chat template, else a simple one."""
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
@@ -135,6 +151,7 @@ def load_preference_data(
     sample_types: str | Sequence[str] | None = None,
     drop_invalid_rows: bool = False,
     tokenizer=None,
+    flipped_prompt_field: str | None = "relevant-question",
 ) -> PreferenceData:
     """Load, filter and validate a preference file.
 
@@ -142,6 +159,7 @@ def load_preference_data(
     ``drop_invalid_rows`` is set, in which case those rows are excluded and reported.
     With ``tokenizer``, plain prompts are rendered with its chat template right away.
     ``rejected_field=None`` loads prompt + chosen only (SFT data); ``rejected`` is then "".
+    Plain ``flipped`` rows are prompted with ``flipped_prompt_field`` when the file has it.
     """
     frame = read_table(path)
     total_rows = len(frame)
@@ -161,38 +179,85 @@ def load_preference_data(
 
     shape = _detect_shape(frame[chosen_field])
     report = DataReport(path=str(path), shape=shape, total_rows=total_rows, selected_rows=len(frame))
+    prompt_fields = None
     if shape == "plain":
         _require_columns(frame, path, [prompt_field])
-        text_columns = [prompt_field, *response_fields]
-    else:
-        text_columns = response_fields
-
-    problems: dict[str, list[int]] = {}
-    for column in text_columns:
-        bad = [int(i) for i, v in frame[column].items() if not _is_nonempty_string(v)]
-        if bad:
-            problems[f"column '{column}': missing, empty or non-string value"] = bad
+        prompt_fields = _plain_prompt_fields(frame, prompt_field, flipped_prompt_field)
+    problems = _value_problems(frame, response_fields, prompt_fields)
     bad_rows = {i for rows in problems.values() for i in rows}
     identical = [int(i) for i, row in frame.iterrows() if rejected_field is not None
                  and i not in bad_rows and row[chosen_field] == row[rejected_field]]
     if identical:
         problems[f"columns '{chosen_field}' and '{rejected_field}': chosen identical to rejected"] = identical
-
-    examples: list[PreferenceExample] = []
-    whitespace_adjusted: list[int] = []
     bad_rows |= set(identical)
-    no_header: list[int] = []
-    prompt_mismatch: list[int] = []
-    for i, row in frame.iterrows():
-        i = int(i)
-        if i in bad_rows:
-            continue
-        sample_type = _optional_str(row.get("sample_type"))
-        if shape == "plain":
-            rejected = "" if rejected_field is None else row[rejected_field]
-            examples.append(PreferenceExample(i, row[prompt_field], row[chosen_field],
-                                              rejected, sample_type, "plain", False))
-            continue
+    rows = [(int(i), row) for i, row in frame.iterrows() if int(i) not in bad_rows]
+    if shape == "plain":
+        examples = _plain_examples(rows, prompt_field, prompt_fields, chosen_field, rejected_field, report)
+    else:
+        examples = _embedded_examples(rows, chosen_field, rejected_field, problems, report)
+
+    if problems and not drop_invalid_rows:
+        details = "\n".join(f"  {reason}: rows {_preview(rows)}" for reason, rows in problems.items())
+        raise DataValidationError(
+            f"{path}: {sum(map(len, problems.values()))} invalid rows "
+            f"(pass --drop_invalid_rows to exclude them instead):\n{details}"
+        )
+    report.excluded = {reason: sorted(rows) for reason, rows in problems.items()}
+    if not examples:
+        raise DataValidationError(f"{path}: no usable rows left\n{report.summary()}")
+    if tokenizer is not None:
+        examples = render_plain_prompts(examples, tokenizer)
+    report.used_rows = len(examples)
+    report.sample_type_counts = _count_sample_types(examples)
+    used = frame.loc[[e.example_id for e in examples]]
+    return PreferenceData(examples=examples, report=report, frame=used)
+
+
+def _plain_prompt_fields(frame: pd.DataFrame, prompt_field: str,
+                         flipped_prompt_field: str | None) -> dict[int, str]:
+    """Row index -> the column that holds its plain prompt (flipped rows: the reverse question)."""
+    use_flipped = bool(flipped_prompt_field) and flipped_prompt_field in frame.columns \
+        and "sample_type" in frame.columns
+    return {int(i): flipped_prompt_field if use_flipped and row.get("sample_type") == "flipped"
+            else prompt_field for i, row in frame.iterrows()}
+
+
+def _value_problems(frame: pd.DataFrame, response_fields: list[str],
+                    prompt_fields: dict[int, str] | None) -> dict[str, list[int]]:
+    """Missing, empty or non-string values: reason naming the column -> row indices."""
+    cells = {column: list(frame.index) for column in response_fields}
+    for i, column in (prompt_fields or {}).items():  # plain rows: only the prompt column they use
+        cells.setdefault(column, []).append(i)
+    problems: dict[str, list[int]] = {}
+    for column in sorted(cells, key=lambda c: c in response_fields):  # prompt columns first
+        bad = [int(i) for i in cells[column] if not _is_nonempty_string(frame.at[i, column])]
+        if bad:
+            problems[f"column '{column}': missing, empty or non-string value"] = bad
+    return problems
+
+
+def _plain_examples(rows, prompt_field: str, prompt_fields: dict[int, str], chosen_field: str,
+                    rejected_field: str | None, report: DataReport) -> list[PreferenceExample]:
+    examples, other_prompt = [], []
+    for i, row in rows:
+        rejected = "" if rejected_field is None else row[rejected_field]
+        if prompt_fields[i] != prompt_field:
+            other_prompt.append(i)
+        examples.append(PreferenceExample(i, row[prompt_fields[i]], row[chosen_field], rejected,
+                                          _optional_str(row.get("sample_type")), "plain", False))
+    if other_prompt:
+        column = prompt_fields[other_prompt[0]]
+        report.adjusted[f"flipped rows prompted with column '{column}' (the reverse question)"] = other_prompt
+    return examples
+
+
+def _embedded_examples(rows, chosen_field: str, rejected_field: str | None,
+                       problems: dict[str, list[int]], report: DataReport) -> list[PreferenceExample]:
+    """Split each conversation at the last assistant header; both sides must share the prompt."""
+    examples: list[PreferenceExample] = []
+    no_header, prompt_mismatch, whitespace_adjusted = [], [], []
+    trailing = {"chosen": [], "rejected": []}
+    for i, row in rows:
         chosen_split = split_embedded(row[chosen_field])
         if rejected_field is None:  # SFT data: no rejected response, same prompt
             rejected_split = None if chosen_split is None else (chosen_split[0], "")
@@ -207,7 +272,14 @@ def load_preference_data(
                 prompt_mismatch.append(i)
                 continue
             whitespace_adjusted.append(i)  # keep the chosen response's prompt
-        examples.append(PreferenceExample(i, chosen_prompt, chosen, rejected, sample_type))
+        responses = {"chosen": chosen, "rejected": rejected}
+        for side, response in responses.items():
+            responses[side] = strip_after_final_im_end(response)
+            if responses[side] != response:
+                trailing[side].append(i)
+        examples.append(PreferenceExample(i, chosen_prompt, responses["chosen"], responses["rejected"],
+                                          _optional_str(row.get("sample_type"))))
+    response_fields = [chosen_field] if rejected_field is None else [chosen_field, rejected_field]
     if no_header:
         named = "/".join(f"'{column}'" for column in response_fields)
         problems[f"column(s) {named}: embedded conversation without "
@@ -215,24 +287,13 @@ def load_preference_data(
     if prompt_mismatch:
         problems[f"columns '{chosen_field}'/'{rejected_field}': the two conversations have "
                  "different prompts"] = prompt_mismatch
-
-    if problems and not drop_invalid_rows:
-        details = "\n".join(f"  {reason}: rows {_preview(rows)}" for reason, rows in problems.items())
-        raise DataValidationError(
-            f"{path}: {sum(map(len, problems.values()))} invalid rows "
-            f"(pass --drop_invalid_rows to exclude them instead):\n{details}"
-        )
-    report.excluded = {reason: sorted(rows) for reason, rows in problems.items()}
     if whitespace_adjusted:
         report.adjusted["prompts differ only in white space; chosen prompt used"] = whitespace_adjusted
-    if not examples:
-        raise DataValidationError(f"{path}: no usable rows left\n{report.summary()}")
-    if tokenizer is not None:
-        examples = render_plain_prompts(examples, tokenizer)
-    report.used_rows = len(examples)
-    report.sample_type_counts = _count_sample_types(examples)
-    used = frame.loc[[e.example_id for e in examples]]
-    return PreferenceData(examples=examples, report=report, frame=used)
+    for side, column in zip(("chosen", "rejected"), response_fields):
+        if trailing[side]:
+            report.adjusted[f"column '{column}': white space after the final {IM_END} "
+                            "dropped from the response"] = trailing[side]
+    return examples
 
 
 def render_plain_prompts(examples: list[PreferenceExample], tokenizer) -> list[PreferenceExample]:
@@ -268,7 +329,8 @@ def _optional_str(value) -> str | None:
 
 
 def _squash_whitespace(text: str) -> str:
-    return re.sub(r"\s+", "", text)
+    """Runs of white space -> one space, turn ends stripped; text that moves (12 3 / 1 23) still differs."""
+    return "".join(" ".join(piece.split()) for piece in CHAT_MARKERS.split(text))
 
 
 def _count_sample_types(examples: list[PreferenceExample]) -> dict[str, int]:

@@ -21,7 +21,7 @@ from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
 from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
 from fwdrev.splits import default_group_column
 from fwdrev.tokenization import (LengthSettingsError, TokenizedPair, check_lengths, collate_pairs,
-                                 encode_examples)
+                                 default_max_prompt_length, encode_examples)
 
 SIDES = ("chosen", "rejected")
 STAT_NAMES = ["num_tokens", "logp_sum", "logp_mean", "logp_max",
@@ -299,6 +299,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """Data, truncation, batching and sharding flags shared by the analysis scripts."""
     parser.add_argument("--dataset_path", required=True, help="Parquet or JSONL preference file.")
     parser.add_argument("--prompt_field", default="question", help="Prompt column (plain data only).")
+    parser.add_argument("--flipped_prompt_field", default="relevant-question",
+                        help="Prompt column of plain 'flipped' rows (the reverse question), used when "
+                             "the file has it; '' = --prompt_field for every row.")
     parser.add_argument("--chosen_field", default="text", help="y+ column.")
     parser.add_argument("--rejected_field", default="worse-text", help="y- column.")
     parser.add_argument("--sample_types", default=None,
@@ -308,7 +311,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_tokens", type=int, default=1000,
                         help="K of the *_first_k columns: statistics over the first K response tokens.")
     parser.add_argument("--max_length", type=int, default=20000, help="Max tokens of prompt + response.")
-    parser.add_argument("--max_prompt_length", type=int, default=2048, help="Max prompt tokens (end kept).")
+    parser.add_argument("--max_prompt_length", type=int, default=None,
+                        help="Max prompt tokens (end kept); default min(2048, max_length // 2).")
     parser.add_argument("--batch_size", type=int, default=2, help="Pairs per forward pass.")
     parser.add_argument("--logprob_chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
                         help="Response tokens per output-head chunk (bounds logits memory).")
@@ -329,6 +333,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse, and refuse inconsistent length flags before any model is loaded (exit 2)."""
     args = parser.parse_args(argv)
+    if args.max_prompt_length is None:
+        args.max_prompt_length = default_max_prompt_length(args.max_length)
     try:
         check_lengths(args.max_length, args.max_prompt_length)
     except LengthSettingsError as error:
@@ -343,7 +349,7 @@ def load_scoring_pairs(args, tokenizer) -> tuple[PreferenceData, list[TokenizedP
     """Load, validate and tokenize ``--dataset_path``; truncations are added to the report."""
     data = load_preference_data(args.dataset_path, args.prompt_field, args.chosen_field,
                                 args.rejected_field, args.sample_types, args.drop_invalid_rows,
-                                tokenizer)
+                                tokenizer, flipped_prompt_field=args.flipped_prompt_field)
     if args.scoring == "original":
         pairs = encode_original_examples(tokenizer, data, args.prompt_field, args.chosen_field,
                                          args.rejected_field, args.max_tokens, args.max_length,

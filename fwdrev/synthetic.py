@@ -8,7 +8,8 @@ order, reverse traces undo them from the last one (inverse operators, "/").
 
 Rows mirror the real file: one ``original`` row (forward question, y+ =
 forward trace, y- = reverse trace) and one ``flipped`` row (reverse question,
-y+ = reverse trace, y- = forward trace) per problem; originals first.
+y+ = reverse trace, y- = forward trace) per problem; originals first. As in the
+real data, every ``text`` ends with ``<|im_end|>\n`` and no ``worse-text`` does.
 """
 
 from __future__ import annotations
@@ -130,13 +131,16 @@ def reverse_thinking(problem: Problem, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def render_conversation(question: str, thinking: str, answer: str | int) -> str:
-    """One whole Qwen chat conversation, exactly as in the real data's `text` column."""
+def render_conversation(question: str, thinking: str, answer: str | int, final_newline: bool = True) -> str:
+    """One whole Qwen chat conversation, exactly as in the real data's `text` column.
+
+    ``final_newline=False`` gives the real `worse-text` shape: nothing after the last ``<|im_end|>``.
+    """
     return (
         f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n"
         f"{IM_START}user\n{question}{IM_END}\n"
         f"{ASSISTANT_HEADER}{IM_START}think\n{thinking}\n"
-        f"{IM_START}answer\nAnswer: {answer}{IM_END}\n"
+        f"{IM_START}answer\nAnswer: {answer}{IM_END}" + ("\n" if final_newline else "")
     )
 
 
@@ -155,12 +159,12 @@ def generate_preference_rows(num_rows: int = 100, seed: int = 0) -> pd.DataFrame
         originals.append({
             **shared, "sample_type": "original", "solution": str(fwd_answer),
             "text": render_conversation(fwd_q, fwd_think, fwd_answer),
-            "worse-text": render_conversation(fwd_q, rev_think, rev_answer),
+            "worse-text": render_conversation(fwd_q, rev_think, rev_answer, final_newline=False),
         })
         flipped.append({
             **shared, "sample_type": "flipped", "solution": str(rev_answer),
             "text": render_conversation(rev_q, rev_think, rev_answer),
-            "worse-text": render_conversation(rev_q, fwd_think, fwd_answer),
+            "worse-text": render_conversation(rev_q, fwd_think, fwd_answer, final_newline=False),
         })
     frame = pd.DataFrame(originals + flipped, columns=COLUMNS)
     return frame.astype({"problem_id": "int64"})

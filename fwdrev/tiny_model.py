@@ -3,7 +3,9 @@
 Everything is built offline: a byte-level BPE (Qwen2.5-style pre-tokenizer and
 special tokens) is trained on the project's own sample texts, then a small
 `Qwen2ForCausalLM` is initialised from a fixed seed. Used by tests and CPU
-quickstarts in place of a real checkpoint.
+quickstarts in place of a real checkpoint. ``build_and_save_qwen25`` instead puts
+the exact Qwen2.5 tokenizer (fwdrev/qwen_tokenizer.py) around a tiny model with
+Qwen2.5's 152,064-row vocabulary.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ DEFAULT_SIZES = dict(
     intermediate_size=384,
     max_position_embeddings=32768,  # long real rows (~35k chars) still fit
 )
+# Around the real 152,064-row vocabulary: a narrow model keeps the two embeddings small (~20 MB).
+QWEN25_SIZES = dict(DEFAULT_SIZES, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                    intermediate_size=32)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Qwen2Tokenizer:
@@ -103,10 +108,13 @@ def build_tiny_model(
     intermediate_size: int = DEFAULT_SIZES["intermediate_size"],
     max_position_embeddings: int = DEFAULT_SIZES["max_position_embeddings"],
     seed: int = 0,
+    vocab_size: int | None = None,
 ) -> Qwen2ForCausalLM:
-    """Random-init Qwen2 sized to `tokenizer`; untied lm_head like Qwen2.5-7B."""
+    """Random-init Qwen2 sized to `tokenizer` (or `vocab_size` rows); untied lm_head like Qwen2.5-7B."""
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is below the tokenizer's {len(tokenizer)} ids")
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
@@ -129,5 +137,15 @@ def build_and_save(output_dir: str, texts: Iterable[str], vocab_size: int = 2048
     """Train the tokenizer, build the model, save both with save_pretrained."""
     tokenizer = train_tokenizer(texts, vocab_size)
     model = build_tiny_model(tokenizer, seed=seed, **sizes)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+
+
+def build_and_save_qwen25(output_dir: str, seed: int = 0, **sizes) -> None:
+    """The exact Qwen2.5 tokenizer around a tiny model with Qwen2.5's 152,064 vocabulary rows."""
+    from fwdrev.qwen_tokenizer import QWEN25_VOCAB_ROWS, build_qwen25_tokenizer
+
+    tokenizer = build_qwen25_tokenizer()
+    model = build_tiny_model(tokenizer, seed=seed, vocab_size=QWEN25_VOCAB_ROWS, **{**QWEN25_SIZES, **sizes})
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

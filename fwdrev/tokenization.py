@@ -31,6 +31,11 @@ class LengthSettingsError(ValueError):
     """--max_length / --max_prompt_length that cannot work together."""
 
 
+def default_max_prompt_length(max_length: int) -> int:
+    """The prompt budget when none is given: at most 2048 tokens and half of ``max_length``."""
+    return min(2048, max_length // 2)
+
+
 def check_lengths(max_length: int, max_prompt_length: int) -> None:
     if not 0 < max_prompt_length < max_length:
         raise LengthSettingsError(

@@ -26,7 +26,7 @@ from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
                              pick_attn_implementation)
-from fwdrev.tokenization import check_lengths, encode_examples
+from fwdrev.tokenization import check_lengths, default_max_prompt_length, encode_examples
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class ModelArguments:
 class DataArguments:
     train_file_path: str = field(metadata={"help": "Parquet or JSONL training file."})
     prompt_field: str = field(default="question", metadata={"help": "Prompt column (plain data only)."})
+    flipped_prompt_field: str = field(
+        default="relevant-question",
+        metadata={"help": "Prompt column of plain 'flipped' rows (the reverse question), used when the "
+                          "file has it; '' = prompt_field for every row."})
     chosen_field: str = field(default="text", metadata={"help": "Preferred response column (y+)."})
     rejected_field: str = field(default="worse-text", metadata={"help": "Rejected response column (y-)."})
     sample_types: str | None = field(
@@ -65,7 +69,8 @@ class DataArguments:
     drop_invalid_rows: bool = field(
         default=False, metadata={"help": "Exclude invalid rows (reported) instead of failing."})
     max_length: int = field(default=20000, metadata={"help": "Max tokens of prompt + response."})
-    max_prompt_length: int = field(default=2048, metadata={"help": "Max prompt tokens (the end is kept)."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Max prompt tokens (the end is kept); default min(2048, max_length // 2)."})
     eval_size: float = field(
         default=0.05, metadata={"help": "Held-out eval rows, whole problems (both rows of a problem on "
                                         "one side): a fraction (< 1) or a count (>= 1); 0 = none."})
@@ -75,6 +80,8 @@ class DataArguments:
     probe_size: int = field(default=8, metadata={"help": "Probe rows taken from each of train and eval."})
 
     def __post_init__(self):
+        if self.max_prompt_length is None:
+            self.max_prompt_length = default_max_prompt_length(self.max_length)
         check_lengths(self.max_length, self.max_prompt_length)  # fail before any model is loaded
 
 
@@ -240,7 +247,7 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
     data = load_preference_data(
         data_args.train_file_path, data_args.prompt_field, data_args.chosen_field,
         data_args.rejected_field if with_rejected else None, data_args.sample_types,
-        data_args.drop_invalid_rows, tokenizer)
+        data_args.drop_invalid_rows, tokenizer, flipped_prompt_field=data_args.flipped_prompt_field)
     items = encode_examples(tokenizer, data.examples, data_args.max_length,
                             data_args.max_prompt_length, data.report, include_rejected=with_rejected)
     train_items, eval_items = split_train_eval(

@@ -21,7 +21,7 @@ TRAIN_SETS="${TRAIN_SETS:-f r m}"        # f = D_f (original), r = D_r (flipped)
 EPOCHS="${EPOCHS:-6}"
 LR="${LR:-1e-5}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-2048}"
+MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"   # empty: min(2048, MAX_LENGTH / 2)
 GRAD_ACCUM="${GRAD_ACCUM:-1}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"            # any further scripts/sft.py flags (--no_use_lora, --merge_weights)
 # OUTPUT_ROOT/sft_<set> already holding a trained run is refused (exit 2): use a new OUTPUT_ROOT
@@ -63,7 +63,7 @@ for train_set in ${TRAIN_SETS}; do
         --sample_types "${sample_types}" ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} \
         --num_train_epochs "${EPOCHS}" --learning_rate "${LR}" \
         --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
-        --max_prompt_length "${MAX_PROMPT_LENGTH}" ${EXTRA_ARGS}; then
+        ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} ${EXTRA_ARGS}; then
         echo "    done: ${output_dir}/checkpoints/"
     else
         failed+=("${train_set}")

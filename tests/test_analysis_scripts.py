@@ -1,6 +1,7 @@
 """The analysis scripts end to end on the tiny model: tables, resume, sharding, launchers."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -149,10 +150,54 @@ def test_bad_data_exits_with_code_2(tiny_model_dir, tmp_path):
 def test_prompt_length_not_below_max_length_exits_with_code_2(tiny_model_dir, runs, tmp_path):
     result = subprocess.run([sys.executable, "analysis/analyze_dpo_model.py", "--model_path", str(tiny_model_dir),
                              "--dataset_path", str(runs / "rows.parquet"), "--output_dir", str(tmp_path),
-                             "--max_length", "256"],  # below the default --max_prompt_length 2048
+                             "--max_length", "256", "--max_prompt_length", "300"],
                             cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--max_prompt_length 2048 and --max_length 256" in result.stderr
+    assert "--max_prompt_length 300 and --max_length 256" in result.stderr
+
+
+@pytest.mark.parametrize("max_length, expected", [(512, 256), (20000, 2048), (4097, 2048)])
+def test_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, expected):
+    """`--max_length 512` alone used to exit 2 (the prompt budget defaulted to 2048)."""
+    for script in ("analyze_dpo_model", "analyze_training_dynamics"):
+        required = (["--model_path", "m", "--dataset_path", "d", "--output_dir", "o"] if script == "analyze_dpo_model" else
+                    ["--base_model", "m", "--checkpoint_dir", "c", "--output_dir", "o", "--dataset_path", "d"])
+        module = analyze_dpo_model if script == "analyze_dpo_model" else analyze_training_dynamics
+        args = module.parse_args(required + ["--max_length", str(max_length)])
+        assert args.max_prompt_length == expected
+        assert args.flipped_prompt_field == "relevant-question"
+    explicit = analyze_dpo_model.parse_args(["--model_path", "m", "--dataset_path", "d", "--output_dir", "o",
+                                             "--max_length", "512", "--max_prompt_length", "500"])
+    assert explicit.max_prompt_length == 500
+
+
+LAUNCHERS = {  # launcher -> the environment that makes it reach torchrun
+    "analysis/run_dpo_analysis.sh": {"MODEL_PATH": "{d}", "DATASET_PATH": "{d}"},
+    "analysis/run_training_dynamics.sh": {"BASE_MODEL": "{d}", "CHECKPOINT_DIR": "{d}", "DATASET_PATH": "{d}"},
+    "scripts/sft.sh": {"MODEL_PATH": "{d}", "DATA_PATH": "{d}", "TRAIN_SETS": "f", "OUTPUT_ROOT": "{d}/o",
+                       "DS_CONFIG": ""},
+    "dpo/7b-train_multiple_base_models.sh": {"MODEL_PATHS": "{d}", "DATA_PATH": "{d}", "OUTPUT_ROOT": "{d}/o",
+                                             "DS_CONFIG": ""},
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_launchers_pass_max_prompt_length_only_when_set(launcher, tmp_path):
+    """MAX_PROMPT_LENGTH used to default to 2048, so MAX_LENGTH=512 alone always exited 2."""
+    (tmp_path / "bin").mkdir()
+    fake_torchrun = tmp_path / "bin" / "torchrun"
+    fake_torchrun.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
+    fake_torchrun.chmod(0o755)
+    env = {k: v.format(d=tmp_path) for k, v in LAUNCHERS[launcher].items()}
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    for prompt_length, expected in (("", None), ("100", "--max_prompt_length 100")):
+        (tmp_path / "args").unlink(missing_ok=True)
+        result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                                env=script_env(**env, MAX_LENGTH=512, MAX_PROMPT_LENGTH=prompt_length))
+        assert result.returncode == 0, result.stderr[-2000:]
+        args = (tmp_path / "args").read_text()
+        assert "--max_length 512" in args
+        assert ("--max_prompt_length" in args) == bool(expected) and (expected or "") in args
 
 
 def test_launchers_check_their_inputs(tmp_path):

@@ -48,7 +48,7 @@ def test_real_sample_splits_every_row_exactly(shared_sample):
     assert len(data.examples) == 100
     for example in data.examples:
         row = frame.loc[example.example_id]
-        assert example.prompt + example.chosen == row["text"]
+        assert example.prompt + example.chosen + "\n" == row["text"]  # the trailing newline is dropped
         assert example.prompt.endswith(ASSISTANT_HEADER)
         assert not example.chosen.startswith("<|im_start|>system")  # prompt never duplicated
         # the rejected response is everything after the last assistant header of its own text
@@ -70,9 +70,8 @@ def test_embedded_rows_split_into_the_exact_prompt_and_responses(tmp_path):
 
 def test_real_sample_whitespace_prompt_row_is_accepted_and_reported(shared_sample):
     data = load_preference_data(shared_sample)
-    adjusted = [rows for rows in data.report.adjusted.values()]
-    assert len(adjusted) == 1 and len(adjusted[0]) == 1
-    row = adjusted[0][0]
+    assert data.report.adjusted["prompts differ only in white space; chosen prompt used"] == [14]
+    row = 14
     frame = pd.read_parquet(shared_sample)
     chosen_prompt = frame.loc[row, "text"].rsplit(ASSISTANT_HEADER, 1)[0]
     rejected_prompt = frame.loc[row, "worse-text"].rsplit(ASSISTANT_HEADER, 1)[0]
@@ -195,3 +194,88 @@ def test_report_json_round_trip(tmp_path):
     data.report.save_json(tmp_path / "report.json")
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["used_rows"] == 4 and saved["shape"] == "embedded"
+
+
+TRAILING_TEXT = "column 'text': white space after the final <|im_end|> dropped from the response"
+TRAILING_WORSE = "column 'worse-text': white space after the final <|im_end|> dropped from the response"
+
+
+def test_real_sample_responses_end_at_im_end_on_both_sides(shared_sample):
+    """Every real `text` ends with <|im_end|>\\n and no `worse-text` does: y+ must not score one token more."""
+    data = load_preference_data(shared_sample)
+    frame = pd.read_parquet(shared_sample)
+    assert frame["text"].str.endswith("<|im_end|>\n").all()
+    assert not frame["worse-text"].str.endswith("\n").any()
+    for example in data.examples:
+        assert example.chosen.endswith("<|im_end|>") and example.rejected.endswith("<|im_end|>")
+        assert frame.loc[example.example_id, "worse-text"].endswith(example.rejected)
+    assert data.report.adjusted[TRAILING_TEXT] == list(range(100))
+    assert TRAILING_WORSE not in data.report.adjusted
+
+
+def test_trailing_white_space_after_im_end_is_dropped_and_reported(tmp_path):
+    frame = embedded_rows(4)
+    frame.loc[1, "worse-text"] = frame.loc[1, "worse-text"] + " \n\n"
+    frame.loc[2, "text"] = frame.loc[2, "text"].rstrip("\n")
+    frame.loc[3, "text"] = frame.loc[3, "text"] + "tail"  # text after the marker: left alone
+    data = load_preference_data(write(frame, tmp_path))
+    chosen = {e.example_id: e.chosen for e in data.examples}
+    rejected = {e.example_id: e.rejected for e in data.examples}
+    assert chosen[0] == "good 0<|im_end|>" and rejected[0] == "bad 0<|im_end|>"
+    assert rejected[1] == "bad 1<|im_end|>" and chosen[2] == "good 2<|im_end|>"
+    assert chosen[3] == "good 3<|im_end|>\ntail"
+    assert data.report.adjusted[TRAILING_TEXT] == [0, 1]
+    assert data.report.adjusted[TRAILING_WORSE] == [0, 1, 2, 3]
+    assert "white space after the final" in data.report.summary()
+    sft = load_preference_data(write(frame, tmp_path), rejected_field=None)
+    assert sft.examples[0].chosen == "good 0<|im_end|>" and sft.examples[0].rejected == ""
+
+
+@pytest.mark.parametrize("chosen_q,rejected_q", [("What is 12 3?", "What is 1 23?"),
+                                                 ("What is 123?", "What is 1 23?")])
+def test_prompts_whose_characters_move_across_white_space_are_a_mismatch(tmp_path, chosen_q, rejected_q):
+    frame = embedded_rows(2)
+    frame.loc[0, "text"] = CONVERSATION.format(q=chosen_q, r="good")
+    frame.loc[0, "worse-text"] = CONVERSATION.format(q=rejected_q, r="bad")
+    with pytest.raises(DataValidationError, match=r"different prompts: rows \[0\]"):
+        load_preference_data(write(frame, tmp_path))
+
+
+def test_prompts_that_differ_in_white_space_runs_and_turn_ends_are_accepted(tmp_path):
+    frame = embedded_rows(2)
+    frame.loc[0, "text"] = CONVERSATION.format(q="What is  12\n3? ", r="good")
+    frame.loc[0, "worse-text"] = CONVERSATION.format(q="What is 12 3?", r="bad")
+    data = load_preference_data(write(frame, tmp_path))
+    assert data.report.adjusted["prompts differ only in white space; chosen prompt used"] == [0]
+    assert "What is  12\n3? <|im_end|>" in data.examples[0].prompt
+
+
+def plain_rows():
+    return pd.DataFrame({"question": ["fwd 0", "fwd 0", "fwd 1", "fwd 1"],
+                         "relevant-question": ["rev 0", "rev 0", "rev 1", "rev 1"],
+                         "text": ["a", "b", "c", "d"], "worse-text": ["w", "x", "y", "z"],
+                         "sample_type": ["original", "flipped", "original", "flipped"]})
+
+
+def test_plain_flipped_rows_are_prompted_with_the_reverse_question(tmp_path):
+    path = write(plain_rows(), tmp_path)
+    data = load_preference_data(path)
+    assert [e.prompt for e in data.examples] == ["fwd 0", "rev 0", "fwd 1", "rev 1"]
+    reason = "flipped rows prompted with column 'relevant-question' (the reverse question)"
+    assert data.report.adjusted[reason] == [1, 3]
+    custom = plain_rows().rename(columns={"relevant-question": "reverse"})
+    data = load_preference_data(write(custom, tmp_path, "c.parquet"), flipped_prompt_field="reverse")
+    assert [e.prompt for e in data.examples] == ["fwd 0", "rev 0", "fwd 1", "rev 1"]
+    off = load_preference_data(path, flipped_prompt_field=None)
+    assert [e.prompt for e in off.examples] == ["fwd 0", "fwd 0", "fwd 1", "fwd 1"] and not off.report.adjusted
+    without_column = load_preference_data(write(plain_rows().drop(columns=["relevant-question"]),
+                                                tmp_path, "n.parquet"))
+    assert [e.prompt for e in without_column.examples] == ["fwd 0", "fwd 0", "fwd 1", "fwd 1"]
+
+
+def test_plain_flipped_row_without_its_reverse_question_names_column_and_row(tmp_path):
+    frame = plain_rows()
+    frame.loc[3, "relevant-question"] = ""
+    frame.loc[2, "relevant-question"] = ""  # an original row: its reverse question is not used
+    with pytest.raises(DataValidationError, match=r"'relevant-question'.*rows \[3\]"):
+        load_preference_data(write(frame, tmp_path))

@@ -55,6 +55,7 @@ def test_every_flag_reaches_the_arguments():
             "--lora_alpha", "8", "--lora_dropout", "0.1", "--lora_target_modules", "q_proj,v_proj",
             "--use_flash_attention", "--local_rank", "-1", "--merge_weights", "--prompt_field", "p",
             "--chosen_field", "c", "--rejected_field", "r", "--sample_types", "original",
+            "--flipped_prompt_field", "rq",
             "--loss_type", "ipo", "--sft_weight", "0.5", "--eval_size", "10",
             "--resume_from_checkpoint", "latest", "--trust_remote_code", "--ref_batch_size", "9"]
     model, data, args = parse_arguments((ModelArguments, DataArguments, DPOArguments), {}, argv)
@@ -69,6 +70,7 @@ def test_every_flag_reaches_the_arguments():
     assert model.lora_target_modules == "q_proj,v_proj" and model.use_flash_attention
     assert model.merge_weights and model.trust_remote_code
     assert (data.prompt_field, data.chosen_field, data.rejected_field) == ("p", "c", "r")
+    assert data.flipped_prompt_field == "rq"
     assert (data.max_length, data.max_prompt_length, data.sample_types) == (300, 100, "original")
     assert data.eval_size == 10
     if not torch.cuda.is_available():

@@ -79,7 +79,8 @@ def test_chosen_and_rejected_share_the_prompt_prefix(frame):
         assert chosen.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
         assert response(chosen).startswith("<|im_start|>think\n")
         assert "\n<|im_start|>answer\nAnswer: " in response(chosen)
-        assert chosen.endswith("<|im_end|>\n") and rejected.endswith("<|im_end|>\n")
+        # as in the real data: every y+ ends with <|im_end|>\\n, no y- does
+        assert chosen.endswith("<|im_end|>\n") and rejected.endswith("<|im_end|>")
 
 
 def test_user_turns_and_pairing_of_original_and_flipped_rows(frame):
@@ -90,9 +91,9 @@ def test_user_turns_and_pairing_of_original_and_flipped_rows(frame):
     for orig, flip in zip(original.to_dict("records"), flipped.to_dict("records")):
         assert user_turn(orig["text"]) == orig["question"]
         assert user_turn(flip["text"]) == orig["relevant-question"]
-        # y+ of one row is y- of the other: the same two traces, swapped.
-        assert response(flip["worse-text"]) == response(orig["text"])
-        assert response(flip["text"]) == response(orig["worse-text"])
+        # y+ of one row is y- of the other: the same two traces, swapped (y- has no final newline).
+        assert response(flip["worse-text"]) + "\n" == response(orig["text"])
+        assert response(flip["text"]) == response(orig["worse-text"]) + "\n"
 
 
 def test_solutions_match_the_numbers_in_the_questions(frame):
@@ -135,6 +136,9 @@ def test_loader_reads_the_shipped_file_as_embedded_conversations(repo_root):
     assert loaded.report.shape == "embedded"
     assert loaded.report.used_rows == 100 and not loaded.report.excluded
     assert loaded.examples[0].chosen.startswith("<|im_start|>think\n")
+    trailing = "column 'text': white space after the final <|im_end|> dropped from the response"
+    assert loaded.report.adjusted == {trailing: list(range(100))}  # the real data's asymmetry, reported
+    assert all(e.chosen.endswith("<|im_end|>") and e.rejected.endswith("<|im_end|>") for e in loaded.examples)
 
 
 @pytest.mark.parametrize("name, num_rows", [("data-100samples.parquet", 100), ("r1k.parquet", 1000)])
@@ -157,3 +161,6 @@ def test_format_matches_the_real_example(frame, shared_sample_path):
     assert ours.startswith(system_turn)
     assert theirs.split(ASSISTANT_HEADER, 1)[1].startswith("<|im_start|>think\n")
     assert real["sample_type"].tolist() == frame["sample_type"].tolist()
+    for column in ("text", "worse-text"):  # the same trailing white space as the real data
+        assert frame[column].str.endswith("<|im_end|>\n").tolist() == real[column].str.endswith("<|im_end|>\n").tolist()
+        assert frame[column].str.endswith("<|im_end|>").tolist() == real[column].str.endswith("<|im_end|>").tolist()

@@ -136,7 +136,8 @@ def test_rejected_field_none_is_sft_only(tmp_path):
         load_preference_data(path)
     data = load_preference_data(path, rejected_field=None)
     assert [e.example_id for e in data.examples] == [0, 1, 2, 3]
-    assert all(e.prompt + e.chosen == text for e, text in zip(data.examples, frame["text"]))
+    # the text's trailing newline after the final <|im_end|> is not part of the response
+    assert all(e.prompt + e.chosen + "\n" == text for e, text in zip(data.examples, frame["text"]))
     frame.drop(columns=["worse-text"]).to_parquet(path)
     assert len(load_preference_data(path, rejected_field=None).examples) == 4
     with pytest.raises(DataValidationError, match="missing column.*worse-text"):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fwdrev.data import DataReport, PreferenceExample
-from fwdrev.tokenization import (IGNORE_INDEX, collate_pairs, encode_example, encode_examples)
+from fwdrev.tokenization import (IGNORE_INDEX, LengthSettingsError, collate_pairs, encode_example,
+                                 encode_examples)
 
 
 class CharTokenizer:
@@ -75,3 +76,16 @@ def test_collate_puts_chosen_then_rejected_and_masks_prompt_and_padding():
     assert labels[0].tolist() == [IGNORE_INDEX, IGNORE_INDEX] + [ord(c) for c in "abc"]
     assert labels[2].tolist() == [IGNORE_INDEX, IGNORE_INDEX, ord("d"), IGNORE_INDEX, IGNORE_INDEX]
     assert torch.equal(batch["attention_mask"][2], torch.tensor([1, 1, 1, 0, 0]))
+
+
+@pytest.mark.parametrize("max_length, expected", [(512, 256), (20000, 2048), (4097, 2048), (3, 1)])
+def test_training_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, expected):
+    """`--max_length 512` alone used to exit 2: the prompt budget defaulted to 2048."""
+    from fwdrev.training import DataArguments, parse_arguments
+
+    data_args = parse_arguments((DataArguments,), {}, ["--train_file_path", "x", "--max_length", str(max_length)])[0]
+    assert data_args.max_prompt_length == expected
+    explicit = DataArguments(train_file_path="x", max_length=512, max_prompt_length=500)
+    assert explicit.max_prompt_length == 500
+    with pytest.raises(LengthSettingsError, match="--max_prompt_length 512 and --max_length 512"):
+        DataArguments(train_file_path="x", max_length=512, max_prompt_length=512)
