@@ -228,6 +228,12 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Split the examples over this many separate runs (with --shard_id); "
                              "the last run to finish merges. Under torchrun: the world size.")
     parser.add_argument("--shard_id", type=int, default=None, help="This run's shard, 0-based.")
+    parser.add_argument("--allow_train_overlap", action="store_true",
+                        help="Score rows whose problems the model was trained on (its run_config.json "
+                             "says which) instead of stopping; adds a boolean trained_on column.")
+    parser.add_argument("--force_base_model", action="store_true",
+                        help="Load LoRA adapters on --base_model even when it is not the base "
+                             "recorded in their adapter_config.json.")
 
 
 def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
