@@ -12,7 +12,7 @@
 # ---- what a user changes ------------------------------------------------------------------
 MODEL_PATHS="${MODEL_PATHS:-./models/your_base_model}"      # space-separated list
 MODEL_NAMES="${MODEL_NAMES:-}"                               # optional, same order; default: folder names
-DATA_PATH="${DATA_PATH:-./data/your_dataset.parquet}"
+DATA_PATH="${DATA_PATH:-./data/split/train.parquet}"      # train split of scripts/prepare_data.py
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
 SAMPLE_TYPES="${SAMPLE_TYPES:-}"                             # e.g. original,flipped (default: all rows)
 MAX_STEPS="${MAX_STEPS:-50}"
