@@ -7,7 +7,7 @@
 #
 # Edit the paths below (or: sed -i 's#./models/your_base_model#/data/qwen7b#' this file),
 # or override any of them from the environment:
-#   MODEL_PATHS="./models/a ./models/b" DATA_PATH=./data/x.parquet bash dpo/7b-train_multiple_base_models.sh
+#   MODEL_PATHS="./models/a ./models/b" DATA_PATH=/data/x_split/train.parquet bash dpo/7b-train_multiple_base_models.sh
 
 # ---- what a user changes ------------------------------------------------------------------
 MODEL_PATHS="${MODEL_PATHS:-./models/your_base_model}"      # space-separated list
