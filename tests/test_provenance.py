@@ -258,3 +258,18 @@ def test_resume_rescores_a_retrained_checkpoint_and_regenerated_data(world, tiny
 
     shutil.rmtree(run / "checkpoints" / "2")  # a part whose checkpoint is gone is not mixed in
     assert set(dynamics()["checkpoint"]) == {"1"}
+
+
+def test_separate_shard_runs_never_merge_a_shard_file_of_other_content(tmp_path):
+    from fwdrev.sharding import Shard, gather_table, read_key
+
+    def rows(ids, value):
+        return pd.DataFrame({"example_id": ids, "score": [value] * len(ids)})
+
+    final = tmp_path / "1.part"
+    old, new = {"checkpoint_fingerprint": "old"}, {"checkpoint_fingerprint": "new"}
+    assert gather_table(Shard(1, 2), rows([1, 3], -1.0), final, [0, 1, 2, 3], old) is None  # a previous run
+    assert gather_table(Shard(0, 2), rows([0, 2], 5.0), final, [0, 1, 2, 3], new) is None  # waits for shard 1
+    merged = gather_table(Shard(1, 2), rows([1, 3], 5.0), final, [0, 1, 2, 3], new)
+    assert merged["score"].tolist() == [5.0] * 4 and read_key(final) == new
+    assert pd.read_parquet(final)["example_id"].tolist() == [0, 1, 2, 3]
