@@ -1,7 +1,7 @@
 """Score one model (full model or LoRA adapter) on preference data: log p(y+), log p(y-), gap.
 
     python analysis/analyze_dpo_model.py --model_path ./outputs/dpo_m \\
-        --dataset_path ./data/your_dataset.parquet --output_dir ./outputs/dpo_analysis \\
+        --dataset_path ./data/split/test.parquet --output_dir ./outputs/dpo_analysis \\
         [--ref_model_path ./models/your_base_model --beta 0.1]
     torchrun --nproc_per_node=4 analysis/analyze_dpo_model.py ...   # examples split over GPUs
 
@@ -10,6 +10,11 @@ Outputs in OUTPUT_DIR: scores.parquet and scores.csv (one row per example, colum
 (per subset: the --scoring used, means, preference accuracies ``pref_acc_first_k`` /
 ``pref_acc_full`` / ``pref_acc_full_by_sum``, 95% CIs of the mean deltas from a bootstrap over
 problems, the ``group_id`` column) and data_report.json (rows used, excluded and truncated).
+
+A LoRA adapter (and a LoRA reference) is loaded on the base recorded in its adapter_config.json;
+another --base_model stops with exit 2 (--force_base_model to override). Rows of problems the
+model was trained on (its training run's run_config.json, found from the model folder) stop the
+run with exit 2 (--allow_train_overlap: score them, with a trained_on column).
 """
 
 import argparse
@@ -21,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fwdrev.checkpoints import DPO_FOLDER, free_memory  # noqa: E402
 from fwdrev.io import write_json, write_table  # noqa: E402
-from fwdrev.modeling import load_for_scoring  # noqa: E402
+from fwdrev.modeling import is_adapter_dir, load_for_scoring  # noqa: E402
+from fwdrev.provenance import resolve_adapter_base, train_overlap  # noqa: E402
 from fwdrev.scoring import (add_group_argument, add_group_ids, problem_group_ids,  # noqa: E402
                             add_reward_columns, add_scoring_arguments, load_scoring_pairs,
                             pair_length, sample_types_by_id, score_pairs, scores_table,
@@ -35,9 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model_path", required=True, help="Full model folder or LoRA adapter folder.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--base_model", default=None,
-                        help="Base model of a LoRA adapter (default: the adapter config's).")
+                        help="Base model of a LoRA adapter (default, and checked: the one recorded in "
+                             "its adapter_config.json).")
     parser.add_argument("--ref_model_path", default=None,
                         help="Reference model: adds ref log-probs and DPO implicit rewards.")
+    parser.add_argument("--ref_base_model", default=None,
+                        help="Base of a LoRA reference (default, and checked: its own recorded base).")
     parser.add_argument("--beta", type=float, default=0.1, help="DPO beta of the implicit rewards.")
     parser.add_argument("--checkpoint_name", default=None, help="'checkpoint' column (default: folder name).")
     parser.add_argument("--stage", default="dpo", help="'stage' column.")
@@ -56,9 +65,13 @@ def main(argv=None) -> None:
     device = shard.device(args.gpu_id)
     dtype = scoring_dtype(device)
     model, tokenizer = load_for_scoring(args.model_path, args.base_model, dtype, device,
-                                        args.use_flash_attention)
+                                        args.use_flash_attention, force_base_model=args.force_base_model)
+    if args.ref_model_path and is_adapter_dir(args.ref_model_path):  # a wrong base fails before scoring
+        resolve_adapter_base(args.ref_model_path, args.ref_base_model, args.force_base_model,
+                             "--ref_base_model")
     data, pairs = load_scoring_pairs(args, tokenizer)
     group_ids = problem_group_ids(data.frame, args.group_field, args.dataset_path)
+    trained_on = train_overlap([args.model_path], data, args.allow_train_overlap)
     if shard.is_main:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")
@@ -76,11 +89,14 @@ def main(argv=None) -> None:
         step = int(match.group(1))
     table = scores_table(score(model), sample_types_by_id(data), name, args.stage, args.epoch, step,
                          args.scoring)
+    if args.allow_train_overlap and trained_on is not None:
+        table["trained_on"] = table["example_id"].map(trained_on).astype(bool)
     if args.ref_model_path:
         del model  # one model in memory at a time
         free_memory()
-        reference, _ = load_for_scoring(args.ref_model_path, args.base_model, dtype, device,
-                                        args.use_flash_attention)
+        reference, _ = load_for_scoring(args.ref_model_path, args.ref_base_model, dtype, device,
+                                        args.use_flash_attention, force_base_model=args.force_base_model,
+                                        base_flag="--ref_base_model")
         table = add_reward_columns(table, score(reference), args.beta)
     table = add_group_ids(table, group_ids)
 

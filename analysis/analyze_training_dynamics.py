@@ -1,7 +1,7 @@
 """Score every checkpoint of an SFT or DPO run: how log p(y+) and log p(y-) move in training.
 
     python analysis/analyze_training_dynamics.py --base_model ./models/your_base_model \\
-        --checkpoint_dir ./outputs/sft_m --dataset_path ./data/your_dataset.parquet \\
+        --checkpoint_dir ./outputs/sft_m --dataset_path ./data/split/test.parquet \\
         --output_dir ./outputs/training_dynamics/m/sft [--epochs 1,2,3] [--include_base]
     torchrun --nproc_per_node=4 analysis/analyze_training_dynamics.py ...  # examples split over GPUs
 
@@ -13,7 +13,14 @@ Outputs in OUTPUT_DIR: all / first50 / last50 (.parquet and .csv; one row per ch
 example, columns ``fwdrev.scoring.SCORE_COLUMNS`` with the --scoring used, and ``group_id``,
 the problem of the row), summary.csv (per checkpoint and subset),
 data_report.json, scoring_settings.json and parts/<checkpoint>.part (one finished checkpoint
-each). Rerunning skips the checkpoints already scored, so an interrupted run resumes.
+each). Rerunning skips the checkpoints already scored, so an interrupted run resumes. Each part
+records what it was scored from (fingerprints of the checkpoint and the base model, the data
+file's hash, the scoring settings): a checkpoint retrained into the same folder, or data
+regenerated at the same path, is rescored, and parts that no longer match are left out.
+
+LoRA checkpoints are loaded on the base recorded in their adapter_config.json (the default of
+--base_model; another one stops with exit 2 unless --force_base_model). Rows of problems the run
+was trained on (its run_config.json) stop the run with exit 2 unless --allow_train_overlap.
 """
 
 import argparse
@@ -27,14 +34,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pandas as pd  # noqa: E402
 
 from fwdrev.checkpoints import (CheckpointModels, base_checkpoint, discover_checkpoints,  # noqa: E402
-                                parse_epochs)
+                                parse_epochs, series_base_model)
+from fwdrev.cli import UsageError  # noqa: E402
+from fwdrev.fingerprint import file_sha256, model_fingerprint  # noqa: E402
+from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap  # noqa: E402
 from fwdrev.io import write_json, write_table  # noqa: E402
 from fwdrev.modeling import load_tokenizer, pick_attn_implementation  # noqa: E402
 from fwdrev.scoring import (META_COLUMNS, add_group_argument, add_group_ids,  # noqa: E402
                             problem_group_ids, add_scoring_arguments, checkpoint_summary,
                             load_scoring_pairs, pair_length, sample_types_by_id, score_pairs, scores_table,
                             parse_scoring_args, scoring_dtype, subset_frames)
-from fwdrev.sharding import current_shard, gather_table  # noqa: E402
+from fwdrev.sharding import current_shard, gather_table, read_key  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
 
 TABLE_SUBSETS = ("all", "first50", "last50")
@@ -42,11 +52,17 @@ TABLE_SUBSETS = ("all", "first50", "last50")
 SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
                   "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
                   "flipped_prompt_field", "base_model", "checkpoint_dir", "scoring")
+# What a part's scores depend on besides the checkpoint, base model and data content (its key).
+CONTENT_FLAGS = ("prompt_field", "chosen_field", "rejected_field", "flipped_prompt_field", "sample_types",
+                 "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length", "scoring",
+                 "allow_train_overlap")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base_model", required=True, help="Base model of the run (LoRA checkpoints).")
+    parser.add_argument("--base_model", default=None,
+                        help="Base model of the run (default, and checked: the base recorded by its "
+                             "LoRA checkpoints; needed for a series of full models).")
     parser.add_argument("--checkpoint_dir", required=True, help="Folder with the run's checkpoints.")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--epochs", default=None,
@@ -87,12 +103,45 @@ def read_part(path: Path, scoring: str) -> pd.DataFrame:
     return part
 
 
-def rebuild_tables(output_dir: Path, scoring: str, group_ids: dict[int, int]) -> pd.DataFrame | None:
-    """Merge the finished parts into the subset tables and summary.csv (each written atomically).
+def resolve_base_model(args, checkpoints) -> str:
+    """--base_model checked against the adapters' recorded base, or that base by default; for
+    full models without --base_model, the base recorded in the run's run_config.json."""
+    base = series_base_model(checkpoints, args.base_model, args.force_base_model)
+    if base is None:
+        folder = run_folder_of(checkpoints[0].path)
+        recorded = json.loads((folder / RUN_CONFIG).read_text()).get("base_model", {}) if folder else {}
+        base = recorded.get("resolved") if os.path.exists(recorded.get("resolved", "")) else None
+    if base is None:
+        raise UsageError(f"{args.checkpoint_dir} holds full models and no run_config.json records "
+                         "their base model: pass --base_model (its tokenizer is used to score)")
+    return base
+
+
+def current_part_keys(args, stage: str, dtype) -> dict[str, dict]:
+    """Checkpoint name -> what its part must have been scored from, for every checkpoint of the
+    run (not only the --epochs asked for) and the base model."""
+    settings = {flag: getattr(args, flag) for flag in CONTENT_FLAGS}
+    shared = {"base_fingerprint": model_fingerprint(args.base_model),
+              "data_sha256": file_sha256(args.dataset_path), "settings": {**settings, "dtype": str(dtype)}}
+    keys = {}
+    for checkpoint in discover_checkpoints(args.checkpoint_dir, stage) + [base_checkpoint(stage)]:
+        fingerprint = None if checkpoint.path is None else model_fingerprint(checkpoint.path)
+        keys[checkpoint.name] = json.loads(json.dumps(
+            {"checkpoint": checkpoint.name, "checkpoint_fingerprint": fingerprint, **shared}))
+    return keys
+
+
+def part_name(part: Path) -> str:
+    return part.name[: -len(".part")]
+
+
+def rebuild_tables(output_dir: Path, keys: dict[str, dict], scoring: str,
+                   group_ids: dict[int, int]) -> pd.DataFrame | None:
+    """Merge the parts that match ``keys`` into the subset tables and summary.csv (atomic writes).
 
     The problem key comes from this run's data (parts hold scores only), so it is never stale.
     """
-    parts = sorted((output_dir / "parts").glob("*.part"))
+    parts = [p for p in sorted((output_dir / "parts").glob("*.part")) if read_key(p) == keys.get(part_name(p))]
     if not parts:
         return None
     table = pd.concat([read_part(p, scoring) for p in parts], ignore_index=True)
@@ -106,6 +155,35 @@ def rebuild_tables(output_dir: Path, scoring: str, group_ids: dict[int, int]) ->
     return table
 
 
+def checkpoints_to_score(checkpoints, keys, output_dir: Path, shard) -> list:
+    """The checkpoints without a part (or, for a separate shard run, a shard file) of their key;
+    says which parts were scored from other content and are rescored or left out."""
+    def done(checkpoint, path) -> bool:
+        return read_key(path) == keys[checkpoint.name]
+
+    todo = [c for c in checkpoints if not done(c, part_file(output_dir, c))
+            and (shard.launched or shard.count == 1 or not done(c, shard.file(part_file(output_dir, c))))]
+    if shard.is_main:
+        for checkpoint in todo:
+            saved = read_key(part_file(output_dir, checkpoint))
+            if part_file(output_dir, checkpoint).exists():
+                changed = sorted(k for k in keys[checkpoint.name] if (saved or {}).get(k) != keys[checkpoint.name][k])
+                print(f"checkpoint {checkpoint.name}: its part was scored from other content "
+                      f"({', '.join(changed)} changed); rescoring")
+        names = {c.name for c in checkpoints}
+        for part in sorted((output_dir / "parts").glob("*.part")):
+            if part_name(part) not in names and read_key(part) != keys.get(part_name(part)):
+                print(f"left out {part}: scored from a checkpoint, base model, data or settings "
+                      "that are not the current ones")
+        print(f"{len(checkpoints) - len(todo)} of {len(checkpoints)} checkpoints already scored; "
+              f"to score: {[c.name for c in todo]}")
+    return todo
+
+
+def part_file(output_dir: Path, checkpoint) -> Path:
+    return output_dir / "parts" / f"{checkpoint.name}.part"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -113,6 +191,8 @@ def main(argv=None) -> None:
     checkpoints = discover_checkpoints(args.checkpoint_dir, args.stage, parse_epochs(args.epochs))
     stage = checkpoints[0].stage
     args.checkpoint_dir = str(checkpoints[0].path.parent)  # a run folder and its checkpoints/ are one setting
+    args.base_model = resolve_base_model(args, checkpoints)
+    trained_from = [checkpoints[0].path, args.base_model]
     if args.include_base:
         checkpoints.insert(0, base_checkpoint(stage))
     check_settings(args, stage, output_dir, shard.is_main)
@@ -120,26 +200,19 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(args.base_model)  # every checkpoint is scored on the same tokens
     data, pairs = load_scoring_pairs(args, tokenizer)
     group_ids = problem_group_ids(data.frame, args.group_field, args.dataset_path)
+    trained_on = train_overlap(trained_from, data, args.allow_train_overlap)
     if shard.is_main:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")
     my_pairs = shard.take(pairs, pair_length)
     sample_types = sample_types_by_id(data)
-
-    def part_file(checkpoint):
-        return output_dir / "parts" / f"{checkpoint.name}.part"
-
-    # A checkpoint is done once its merged part exists (or, for a separate shard run, its shard file).
-    todo = [c for c in checkpoints if not part_file(c).exists()
-            and (shard.launched or shard.count == 1 or not shard.file(part_file(c)).exists())]
-    if shard.is_main:
-        print(f"{len(checkpoints) - len(todo)} of {len(checkpoints)} checkpoints already scored; "
-              f"to score: {[c.name for c in todo]}")
+    device = shard.device(args.gpu_id)
+    keys = current_part_keys(args, stage, scoring_dtype(device))
+    todo = checkpoints_to_score(checkpoints, keys, output_dir, shard)
     shard.barrier()  # every rank decided on the same to-do list before any part is written
 
-    device = shard.device(args.gpu_id)
     models = CheckpointModels(args.base_model, scoring_dtype(device), device,
-                              pick_attn_implementation(args.use_flash_attention))
+                              pick_attn_implementation(args.use_flash_attention), args.force_base_model)
     for checkpoint in todo:
         with models.activate(checkpoint) as model:
             scores = score_pairs(model, my_pairs, tokenizer.pad_token_id, batch_size=args.batch_size,
@@ -147,11 +220,14 @@ def main(argv=None) -> None:
                                  device=device, progress=shard.is_main)
         table = scores_table(scores, sample_types, checkpoint.name, checkpoint.stage,
                              checkpoint.epoch, checkpoint.step, args.scoring)
-        if gather_table(shard, table, part_file(checkpoint), [p.example_id for p in pairs]) is not None:
-            rebuild_tables(output_dir, args.scoring, group_ids)
+        if args.allow_train_overlap and trained_on is not None:
+            table["trained_on"] = table["example_id"].map(trained_on).astype(bool)
+        if gather_table(shard, table, part_file(output_dir, checkpoint), [p.example_id for p in pairs],
+                        keys[checkpoint.name]) is not None:
+            rebuild_tables(output_dir, keys, args.scoring, group_ids)
             print(f"checkpoint {checkpoint.name} scored")
     if shard.is_main or not shard.launched:
-        table = rebuild_tables(output_dir, args.scoring, group_ids)
+        table = rebuild_tables(output_dir, keys, args.scoring, group_ids)
         if table is not None:
             print(f"wrote {output_dir}: {table['checkpoint'].nunique()} checkpoints, "
                   f"{len(table)} rows in all.parquet/.csv")

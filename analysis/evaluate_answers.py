@@ -46,7 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model_path", required=True, help="Full model folder or LoRA adapter folder.")
     parser.add_argument("--dataset_path", required=True, help="Parquet or JSONL preference file.")
     parser.add_argument("--output_dir", default="./outputs/answers")
-    parser.add_argument("--base_model", default=None, help="Base of a LoRA adapter (default: its config's).")
+    parser.add_argument("--base_model", default=None,
+                        help="Base of a LoRA adapter (default, and checked: its adapter_config.json's).")
+    parser.add_argument("--force_base_model", action="store_true",
+                        help="Load the adapter on --base_model even if it is not its recorded base.")
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help="Token budget per generation (default: the longest chosen response in "
                              "the data, in the model's tokens).")
@@ -65,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = Shard().device(args.gpu_id)
-    model, tokenizer = load_for_scoring(args.model_path, args.base_model, scoring_dtype(device), device)
+    model, tokenizer = load_for_scoring(args.model_path, args.base_model, scoring_dtype(device), device,
+                                        force_base_model=args.force_base_model)
     data = load_preference_data(args.dataset_path, args.prompt_field, args.chosen_field,
                                 args.rejected_field, args.sample_types, args.drop_invalid_rows,
                                 tokenizer)

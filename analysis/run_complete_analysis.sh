@@ -14,10 +14,13 @@ BASE_MODEL="${BASE_MODEL:-./models/your_base_model}"
 SFT_DIR="${SFT_DIR:-./outputs/sft_${TRAIN_SET}}"  # scripts/sft.sh's run folder (epochs in checkpoints/<epoch>/)
 DPO_DIR="${DPO_DIR:-./outputs/dpo_${TRAIN_SET}}"  # final adapter + checkpoint-<step>/ folders
 DPO_MODEL="${DPO_MODEL:-${DPO_DIR}}"            # the model scored on its own (final DPO output)
-DPO_BASE_MODEL="${DPO_BASE_MODEL:-${BASE_MODEL}}"  # what DPO's adapters sit on: the SFT model if DPO started from it
-DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
+# What DPO's adapters sit on. Empty (default): the base recorded in their adapter_config.json
+# (e.g. ./outputs/sft_m/merged when DPO started from it); a different one stops with exit 2.
+DPO_BASE_MODEL="${DPO_BASE_MODEL:-}"
+DATASET_PATH="${DATASET_PATH:-./data/split/test.parquet}"  # held out: rows of trained problems stop the run
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/analysis}"
-REF_MODEL_PATH="${REF_MODEL_PATH:-}"            # DPO's reference (the SFT adapter it started from): adds rewards
+REF_MODEL_PATH="${REF_MODEL_PATH:-}"            # DPO's reference (the model it started from): adds rewards
+                                                # (an adapter there is loaded on its own recorded base)
 SCORING="${SCORING:-response}"                  # response, or original (the published figure's scoring)
 
 set -euo pipefail

@@ -2,14 +2,14 @@
 # Score a DPO model (LoRA adapter or full model) on a preference file: per-example log p(y+),
 # log p(y-), their gap and, with REF_MODEL_PATH, the DPO implicit rewards. One process per GPU.
 #
-#   MODEL_PATH=./outputs/dpo_m DATASET_PATH=./data/test.parquet bash analysis/run_dpo_analysis.sh
+#   MODEL_PATH=./outputs/dpo_m DATASET_PATH=./data/split/test.parquet bash analysis/run_dpo_analysis.sh
 #   bash analysis/run_dpo_analysis.sh --sample_types original --max_tokens 500   # extra flags
 #
 # Every variable below can be set in the environment; extra arguments go to the Python script.
 MODEL_PATH="${MODEL_PATH:-./outputs/dpo_m}"   # a DPO output dir (adapter) or a full model
-BASE_MODEL="${BASE_MODEL:-}"            # base of a LoRA adapter (default: the adapter config's)
+BASE_MODEL="${BASE_MODEL:-}"            # base of a LoRA adapter (default, and checked: the adapter config's)
 REF_MODEL_PATH="${REF_MODEL_PATH:-}"    # e.g. ./models/your_base_model to add rewards
-DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
+DATASET_PATH="${DATASET_PATH:-./data/split/test.parquet}"  # held out (scripts/prepare_data.py)
 OUTPUT_DIR="${OUTPUT_DIR:-./outputs/dpo_analysis}"
 BETA="${BETA:-0.1}"
 MAX_TOKENS="${MAX_TOKENS:-1000}"

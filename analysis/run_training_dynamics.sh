@@ -7,9 +7,10 @@
 #   EPOCHS=1,2,3 INCLUDE_BASE=1 bash analysis/run_training_dynamics.sh
 #
 # Every variable below can be set in the environment; extra arguments go to the Python script.
-BASE_MODEL="${BASE_MODEL:-./models/your_base_model}"
+# Base of the run's LoRA checkpoints; set but empty: the base recorded in their adapter_config.json.
+BASE_MODEL="${BASE_MODEL-./models/your_base_model}"
 CHECKPOINT_DIR="${CHECKPOINT_DIR:-./outputs/sft_m}"  # an SFT run folder (or its checkpoints/), or a DPO output dir
-DATASET_PATH="${DATASET_PATH:-./data/your_dataset.parquet}"
+DATASET_PATH="${DATASET_PATH:-./data/split/test.parquet}"  # held out (scripts/prepare_data.py)
 OUTPUT_DIR="${OUTPUT_DIR:-./outputs/training_dynamics}"
 STAGE="${STAGE:-auto}"                  # sft (<epoch>/ folders), dpo (checkpoint-<step>/), auto
 EPOCHS="${EPOCHS:-}"                    # e.g. 1,2,3 (default: every checkpoint found)
@@ -21,16 +22,19 @@ BATCH_SIZE="${BATCH_SIZE:-2}"
 SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (README)
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
-require_path "base model" "${BASE_MODEL}"
 require_path "checkpoint folder" "${CHECKPOINT_DIR}"
 require_path "dataset" "${DATASET_PATH}"
 
 optional=()
+if [[ -n "${BASE_MODEL}" ]]; then
+    require_path "base model" "${BASE_MODEL}"
+    optional+=(--base_model "${BASE_MODEL}")
+fi
 [[ -n "${EPOCHS}" ]] && optional+=(--epochs "${EPOCHS}")
 [[ "${INCLUDE_BASE}" == 1 ]] && optional+=(--include_base)
 
 launch "${REPO_ROOT}/analysis/analyze_training_dynamics.py" \
-    --base_model "${BASE_MODEL}" --checkpoint_dir "${CHECKPOINT_DIR}" \
+    --checkpoint_dir "${CHECKPOINT_DIR}" \
     --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" --stage "${STAGE}" \
     --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
     ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --batch_size "${BATCH_SIZE}" --scoring "${SCORING}" \

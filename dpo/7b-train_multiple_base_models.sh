@@ -7,12 +7,12 @@
 #
 # Edit the paths below (or: sed -i 's#./models/your_base_model#/data/qwen7b#' this file),
 # or override any of them from the environment:
-#   MODEL_PATHS="./models/a ./models/b" DATA_PATH=./data/x.parquet bash dpo/7b-train_multiple_base_models.sh
+#   MODEL_PATHS="./models/a ./models/b" DATA_PATH=/data/x_split/train.parquet bash dpo/7b-train_multiple_base_models.sh
 
 # ---- what a user changes ------------------------------------------------------------------
 MODEL_PATHS="${MODEL_PATHS:-./models/your_base_model}"      # space-separated list
 MODEL_NAMES="${MODEL_NAMES:-}"                               # optional, same order; default: PARENT-FOLDER
-DATA_PATH="${DATA_PATH:-./data/your_dataset.parquet}"
+DATA_PATH="${DATA_PATH:-./data/split/train.parquet}"      # train split of scripts/prepare_data.py
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
 SAMPLE_TYPES="${SAMPLE_TYPES:-}"                             # e.g. original,flipped (default: all rows)
 MAX_STEPS="${MAX_STEPS:-50}"

@@ -89,17 +89,36 @@ def parse_epochs(value: str | None) -> list[int] | None:
     return [int(v) for v in value.split(",") if v.strip()]
 
 
+def series_base_model(checkpoints: Sequence[Checkpoint], base_model: str | None = None,
+                      force: bool = False) -> str | None:
+    """The base model of a checkpoint series: ``base_model`` checked against, or by default the
+    one recorded by, its LoRA adapters (``fwdrev.provenance.resolve_adapter_base``; raises
+    ``UsageError`` on a mismatch unless ``force``). None: full models and no ``base_model``."""
+    from fwdrev.provenance import resolve_adapter_base
+
+    adapters = [c.path for c in checkpoints if c.path is not None and is_adapter_dir(c.path)]
+    if not adapters:
+        return base_model
+    resolved = resolve_adapter_base(adapters[0], base_model, force)
+    for path in adapters[1:]:  # every adapter of the series must sit on that same base
+        resolve_adapter_base(path, resolved, force)
+    return resolved
+
+
 class CheckpointModels:
     """Loads each checkpoint of a series for scoring.
 
     LoRA checkpoints share one copy of the base model: the next adapter is loaded and made
     active, the previous one deleted. Full-model checkpoints are loaded one at a time.
+    An adapter whose recorded base is not ``base_model`` is refused unless ``force_base_model``.
     """
 
     def __init__(self, base_model: str, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", attn_implementation: str = "sdpa"):
+                 device: torch.device | str = "cpu", attn_implementation: str = "sdpa",
+                 force_base_model: bool = False):
         self.base_model, self.dtype, self.device = base_model, dtype, device
         self.attn_implementation = attn_implementation
+        self.force_base_model = force_base_model
         self._model = None  # the base model, a PeftModel once an adapter was loaded
         self._adapter: str | None = None
 
@@ -133,6 +152,9 @@ class CheckpointModels:
                 free_memory()
 
     def _swap_adapter(self, checkpoint: Checkpoint):
+        from fwdrev.provenance import resolve_adapter_base
+
+        resolve_adapter_base(checkpoint.path, self.base_model, self.force_base_model)
         name = re.sub(r"\W", "_", checkpoint.name)  # adapter names become module keys
         model = load_adapter(self._shared_base(), checkpoint.path, adapter_name=name)
         model.set_adapter(name)

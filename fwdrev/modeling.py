@@ -113,14 +113,20 @@ def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", 
 
 def load_for_scoring(model_path: str, base_model: str | None = None,
                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                     use_flash_attention: bool = False, trust_remote_code: bool = False):
-    """Load a full model or a LoRA adapter directory (base from its config or ``base_model``).
+                     use_flash_attention: bool = False, trust_remote_code: bool = False,
+                     force_base_model: bool = False, base_flag: str = "--base_model"):
+    """Load a full model or a LoRA adapter directory.
 
+    An adapter is loaded on the base recorded in its adapter_config.json; a ``base_model`` that
+    is another model raises ``fwdrev.cli.UsageError`` unless ``force_base_model`` (see
+    ``fwdrev.provenance.resolve_adapter_base``). Full models ignore ``base_model``.
     Returns (model in eval mode on ``device``, tokenizer).
     """
+    from fwdrev.provenance import resolve_adapter_base
+
     attn = pick_attn_implementation(use_flash_attention)
     if is_adapter_dir(model_path):
-        base_path = base_model or adapter_base_model(model_path)
+        base_path = resolve_adapter_base(model_path, base_model, force_base_model, base_flag)
         model = load_causal_lm(base_path, dtype, attn, trust_remote_code)
         model = load_adapter(model, model_path)
         tokenizer_path = model_path if (Path(model_path) / "tokenizer_config.json").is_file() else base_path

@@ -328,6 +328,12 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                              "original: the original analysis's definition, which the published "
                              "figure used (fixed prompt + the question column, whole conversation "
                              "as completion, first --max_tokens tokens minus the first; see README).")
+    parser.add_argument("--allow_train_overlap", action="store_true",
+                        help="Score rows whose problems the model was trained on (its run_config.json "
+                             "says which) instead of stopping; adds a boolean trained_on column.")
+    parser.add_argument("--force_base_model", action="store_true",
+                        help="Load LoRA adapters on --base_model even when it is not the base "
+                             "recorded in their adapter_config.json.")
 
 
 def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:

@@ -12,6 +12,7 @@ Merged tables are ordered by example_id, so they equal a single-process run's.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,7 @@ import torch
 from fwdrev.io import atomic_path
 
 T = TypeVar("T")
+KEY_METADATA = b"fwdrev_key"  # Parquet metadata entry: what a part's rows were computed from
 BARRIER_TIMEOUT = timedelta(hours=12)  # a rank may wait for a slower one to score a checkpoint
 
 
@@ -82,23 +84,27 @@ def current_shard(num_shards: int | None = None, shard_id: int | None = None) ->
 
 
 def gather_table(shard: Shard, table: pd.DataFrame, final_path: str | Path,
-                 expected_ids: Sequence[int]) -> pd.DataFrame | None:
+                 expected_ids: Sequence[int], key: dict | None = None) -> pd.DataFrame | None:
     """Write this shard's rows; merge all shards into ``final_path`` (Parquet) once all exist.
 
     Every process of a torchrun launch must call this (it holds a barrier). Returns the merged
     table on the process that wrote it, None elsewhere. The merge is checked to hold every
-    expected example exactly once (stale shard files of another run fail loudly).
+    expected example exactly once (stale shard files of another run fail loudly). With ``key``
+    (what the rows were computed from, see ``read_key``) every file carries it, and shard files
+    of another key count as not written yet (their run rescores them).
     """
     final_path = Path(final_path)
     if shard.count == 1:
         table = by_example_id(table)
-        write_parquet(table, final_path)
+        write_parquet(table, final_path, key)
         return table
-    write_parquet(table, shard.file(final_path))
+    write_parquet(table, shard.file(final_path), key)
     shard.barrier()
     if shard.launched and not shard.is_main:
         return None
     files = [shard.file(final_path, i) for i in range(shard.count)]
+    if key is not None and any(f.exists() and read_key(f) != key for f in files):
+        return None
     try:
         merged = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     except FileNotFoundError:  # another shard has not finished (or is merging right now)
@@ -107,7 +113,7 @@ def gather_table(shard: Shard, table: pd.DataFrame, final_path: str | Path,
     if sorted(merged["example_id"]) != sorted(expected_ids):
         raise RuntimeError(f"shard files {files[0].name}... do not hold exactly the expected "
                            "examples; delete them and rerun")
-    write_parquet(merged, final_path)
+    write_parquet(merged, final_path, key)
     for f in files:
         f.unlink(missing_ok=True)
     return merged
@@ -117,8 +123,28 @@ def by_example_id(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("example_id", kind="stable").reset_index(drop=True)
 
 
-def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
+def write_parquet(frame: pd.DataFrame, path: str | Path, key: dict | None = None) -> None:
     """Atomic Parquet write whatever the file name (shard and part files are not *.parquet,
-    so figure code looking for analysis tables does not pick them up)."""
+    so figure code looking for analysis tables does not pick them up). ``key`` is stored in
+    the file's metadata, in the same write as the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    if key is not None:
+        metadata = dict(arrow.schema.metadata or {})
+        metadata[KEY_METADATA] = json.dumps(key, sort_keys=True).encode()
+        arrow = arrow.replace_schema_metadata(metadata)
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(arrow, tmp)
+
+
+def read_key(path: str | Path) -> dict | None:
+    """The ``key`` a file was written with (None: none, or an unreadable file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):  # missing or truncated
+        return None
+    return json.loads(metadata[KEY_METADATA]) if KEY_METADATA in metadata else None

@@ -259,7 +259,12 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
         training_args.eval_strategy = "no"
     if training_args.process_index == 0:
         os.makedirs(training_args.output_dir, exist_ok=True)
-        save_run_config(training_args.output_dir, model_args, data_args, training_args)
+        from fwdrev.provenance import training_record  # what the analysis checks overlap against
+
+        record = training_record(data, [p.example_id for p in train_items],
+                                 [p.example_id for p in eval_items], model_args.model_name,
+                                 model_args.init_adapter)
+        save_run_config(training_args.output_dir, model_args, data_args, training_args, records=record)
         data.report.save_json(os.path.join(training_args.output_dir, "data_report.json"))
     return data, train_items, eval_items
 
@@ -275,11 +280,13 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-def save_run_config(output_dir: str, *argument_groups) -> None:
+def save_run_config(output_dir: str, *argument_groups, records: dict | None = None) -> None:
+    """The resolved arguments, and ``records`` (``fwdrev.provenance.training_record``)."""
     config = {}
     for group in argument_groups:
         values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
         config[type(group).__name__] = values
+    config.update(records or {})
     write_json(Path(output_dir) / "run_config.json", config)
 
 

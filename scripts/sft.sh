@@ -6,7 +6,7 @@
 # think + answer traces), 6 epochs with a checkpoint after each, s1's recipe: lr 1e-5 cosine,
 # warmup 5%, weight decay 1e-4, Adam betas (0.9, 0.95), bf16, loss on the assistant part only,
 # sequences up to 20,000 tokens, ZeRO-3 + flash attention + gradient checkpointing:
-#   MODEL_PATH=./models/Qwen2.5-7B-Instruct DATA_PATH=./data/your_s1k_style_dataset.parquet \
+#   MODEL_PATH=./models/Qwen2.5-7B-Instruct DATA_PATH=./data/split/train.parquet \
 #   bash scripts/sft.sh
 # Then DPO from an SFT checkpoint: see dpo/combined_dpo.py (--model_name OUTPUT/merged).
 #
@@ -15,7 +15,7 @@
 
 # ---- what a user changes ------------------------------------------------------------------
 MODEL_PATH="${MODEL_PATH:-./models/your_base_model}"
-DATA_PATH="${DATA_PATH:-./data/your_dataset.parquet}"
+DATA_PATH="${DATA_PATH:-./data/split/train.parquet}"  # train split of scripts/prepare_data.py
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
 TRAIN_SETS="${TRAIN_SETS:-f r m}"        # f = D_f (original), r = D_r (flipped), m = D_m (both)
 EPOCHS="${EPOCHS:-6}"

@@ -1,0 +1,83 @@
+"""The README's GPU recipe, in order, on the tiny model: split -> SFT -> DPO -> complete analysis."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT, script_env
+from fwdrev.synthetic import generate_preference_rows
+
+TRAINING_LAUNCHERS = ("scripts/sft.sh", "dpo/7b-train_multiple_base_models.sh")
+ANALYSIS_LAUNCHERS = ("analysis/run_complete_analysis.sh", "analysis/run_dpo_analysis.sh",
+                      "analysis/run_training_dynamics.sh")
+
+
+def default_data_paths(script: str) -> list[str]:
+    return re.findall(r'^(?:DATA_PATH|DATASET_PATH)="\$\{\w+:-([^}]*)\}"', (REPO_ROOT / script).read_text(), re.M)
+
+
+def test_launchers_train_on_the_train_split_and_score_the_test_split():
+    for script in TRAINING_LAUNCHERS:
+        assert default_data_paths(script) == ["./data/split/train.parquet"], script
+    for script in ANALYSIS_LAUNCHERS:
+        assert default_data_paths(script) == ["./data/split/test.parquet"], script
+    readme = (REPO_ROOT / "README.md").read_text()
+    sed_patterns = re.findall(r"sed -i 's#([^#]+)#", readme)
+    for script in TRAINING_LAUNCHERS + ANALYSIS_LAUNCHERS:  # the README's sed lines cover every default
+        for path in re.findall(r"\./data/[\w./-]+", (REPO_ROOT / script).read_text()):
+            assert any(path.startswith(pattern) for pattern in sed_patterns), (script, path)
+    recipe = readme[readme.index("## Running the study on GPUs"):]
+    recipe = recipe[: recipe.index("### ")]
+    assert "--train_file_path ./data/split/train.parquet" in recipe
+    assert "DATASET_PATH=./data/split/test.parquet" in recipe
+    assert "DPO_BASE_MODEL" not in recipe  # the DPO adapters' own recorded base is the default
+
+
+def run(command, env, timeout=600):
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_gpu_recipe_in_order_trains_on_train_and_scores_held_out_problems(tmp_path, tiny_model_dir):
+    data, outputs = tmp_path / "data", tmp_path / "outputs"
+    data.mkdir()
+    generate_preference_rows(24, seed=1).to_parquet(data / "your_dataset.parquet")  # 12 problems
+    tiny = dict(NUM_PROCS=1, DS_CONFIG="", MAX_LENGTH=256, MAX_PROMPT_LENGTH=128)
+    # 0. split
+    run([sys.executable, "scripts/prepare_data.py", "--input", str(data / "your_dataset.parquet"),
+         "--output_dir", str(data / "split"), "--test_groups", "4"], script_env())
+    # 1. SFT with a merged copy
+    run(["bash", "scripts/sft.sh"], script_env(
+        **tiny, OUTPUT_ROOT=f"{outputs}/", MODEL_PATH=tiny_model_dir, DATA_PATH=data / "split" / "train.parquet", TRAIN_SETS="m", EPOCHS=1,
+        EXTRA_ARGS="--merge_weights --lora_r 4 --lora_alpha 8 --per_device_train_batch_size 8 --report_to none"))
+    # 2. LoRA-DPO from the merged SFT model
+    run(["bash", "dpo/7b-train_multiple_base_models.sh"], script_env(
+        **tiny, OUTPUT_ROOT=f"{outputs}/", MODEL_PATHS=outputs / "sft_m" / "merged", MODEL_NAMES="m", DATA_PATH=data / "split" / "train.parquet",
+        MAX_STEPS=2, SAVE_STEPS=1, WARMUP_STEPS=0, GRAD_ACCUM=1, LORA_R=4, LORA_ALPHA=8,
+        EXTRA_ARGS="--per_device_train_batch_size 4 --report_to none"))
+    # 3. the complete analysis on the held-out split (DPO adapters on their recorded base)
+    result = run(["bash", "analysis/run_complete_analysis.sh"], script_env(
+        **tiny, BASE_MODEL=tiny_model_dir, SFT_DIR=outputs / "sft_m" / "checkpoints", DPO_DIR=outputs / "dpo_m",
+        DATASET_PATH=data / "split" / "test.parquet", TRAIN_SET="m", OUTPUT_ROOT=outputs / "analysis",
+        MAX_TOKENS=8))
+    assert "were in the training data" not in result.stderr and "cannot check" not in result.stdout
+
+    test_problems = set(pd.read_parquet(data / "split" / "test.parquet")["problem_id"].astype(str))
+    for run_dir in ("sft_m", "dpo_m"):
+        record = json.loads((outputs / run_dir / "run_config.json").read_text())["training_data"]
+        assert record["file_resolved"] == str(data / "split" / "train.parquet")
+        assert len(record["train_problem_keys"]) == 8 and not set(record["train_problem_keys"]) & test_problems
+    adapter_config = json.loads((outputs / "dpo_m" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(outputs / "sft_m" / "merged")
+    scores = pd.read_parquet(outputs / "analysis" / "dpo_model" / "scores.parquet")
+    assert len(scores) == 8 and "trained_on" not in scores.columns
+    sft = pd.read_parquet(outputs / "analysis" / "training_dynamics" / "m" / "sft" / "all.parquet")
+    assert sft.groupby("checkpoint").size().to_dict() == {"base": 8, "1": 8}
+    dpo = pd.read_parquet(outputs / "analysis" / "training_dynamics" / "m" / "dpo" / "all.parquet")
+    assert sorted(dpo["checkpoint"].unique()) == ["checkpoint-1", "checkpoint-2"]
