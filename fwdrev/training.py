@@ -16,6 +16,7 @@ from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from fwdrev.data import load_preference_data
+from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.io import atomic_path, write_json
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
@@ -82,7 +83,10 @@ def parse_arguments(dataclass_types, defaults: dict, argv=None):
             cpu_defaults["ddp_backend"] = "gloo"
         defaults = {**cpu_defaults, **defaults}
     parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=argv)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    for group in parsed:  # a DeepSpeed op that cannot load fails now, not after the model loads
+        check_deepspeed_ops(group)
+    return parsed
 
 
 def setup_logging(training_args) -> None:
