@@ -25,6 +25,7 @@ require_path "checkpoint folder" "${CHECKPOINT_DIR}"
 require_path "dataset" "${DATASET_PATH}"
 
 optional=()
+[[ "${GPU_COUNT}" -gt 0 ]] && optional+=(--use_flash_attention)  # SDPA, with a warning, without flash-attn
 [[ -n "${EPOCHS}" ]] && optional+=(--epochs "${EPOCHS}")
 [[ "${INCLUDE_BASE}" == 1 ]] && optional+=(--include_base)
 

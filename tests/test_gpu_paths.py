@@ -73,7 +73,7 @@ def run_launcher(tmp_path, script: str, gpus: int = 8, **env) -> tuple[subproces
     model.mkdir(parents=True, exist_ok=True)
     data.write_bytes(b"")
     defaults = dict(MODEL_PATH=model, MODEL_PATHS=f"{model} {model}", MODEL_NAMES="a b", DATA_PATH=data,
-                    OUTPUT_ROOT=tmp_path / "out")
+                    OUTPUT_ROOT=tmp_path / "out", BASE_MODEL=model, CHECKPOINT_DIR=model, DATASET_PATH=data)
     full_env = script_env(**{**defaults, **env})
     full_env["PATH"] = f"{bin_dir}{os.pathsep}{full_env['PATH']}"
     for name in ["CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT", "NUM_NODES", "NUM_PROCS"]:
@@ -179,3 +179,28 @@ def test_offload_run_without_cpu_adam_exits_2_before_loading_the_model(tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "cpu_adam" in result.stderr and "DS_BUILD_CPU_ADAM=1" in result.stderr
+
+
+# ---- analysis on GPUs --------------------------------------------------------------------------
+
+def test_each_analysis_rank_makes_its_gpu_current(monkeypatch):
+    import torch
+
+    from fwdrev.sharding import Shard
+
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert Shard(1, 2, launched=True, local_rank=1).device(gpu_id=0) == torch.device("cuda", 1)
+    assert Shard().device(gpu_id=3) == torch.device("cuda", 3)
+    assert made_current == [1, 3]
+
+
+@pytest.mark.parametrize("script", ["analysis/run_dpo_analysis.sh", "analysis/run_training_dynamics.sh"])
+def test_analysis_launchers_ask_for_flash_attention_on_gpus_only(tmp_path, script):
+    result, calls = run_launcher(tmp_path / "gpu", script)
+    assert result.returncode == 0, result.stderr
+    assert len(calls) == 1 and "--use_flash_attention" in calls[0] and flag(calls[0], "nproc_per_node") == "8"
+    result, calls = run_launcher(tmp_path / "cpu", script, gpus=0)
+    assert result.returncode == 0, result.stderr
+    assert len(calls) == 1 and "--use_flash_attention" not in calls[0]
