@@ -23,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fwdrev.checkpoint_pruning import OptimizerStatePruning  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
@@ -76,7 +77,7 @@ def main(argv=None):
         "sample_types": data_args.sample_types, "max_length": data_args.max_length,
         "max_prompt_length": data_args.max_prompt_length, "num_pairs": num_pairs,
     }
-    callbacks = [MetricsCSVCallback()]
+    callbacks = [MetricsCSVCallback(), OptimizerStatePruning()]  # optimizer state: newest checkpoint only
     if data_args.probe_every > 0:
         from fwdrev.probes import build_probe_callback
 

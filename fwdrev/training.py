@@ -15,6 +15,7 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from fwdrev.checkpoint_pruning import check_resumable
 from fwdrev.data import load_preference_data
 from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.io import atomic_path, write_json
@@ -176,10 +177,10 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     if not value:
         return None
     if value == "latest":
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        return check_resumable(get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None)
     if not os.path.isdir(value):
         raise FileNotFoundError(f"--resume_from_checkpoint: no such folder {value}")
-    return value
+    return check_resumable(value)  # not one whose optimizer state was pruned
 
 
 def save_run_config(output_dir: str, *argument_groups) -> None:
