@@ -266,3 +266,31 @@ def test_dpo_run_prunes_older_checkpoints_which_stay_loadable(tiny_model_dir, tm
     model, _ = load_for_scoring(str(older), str(tiny_model_dir), torch.float32, torch.device("cpu"))
     lora = {name: p for name, p in model.named_parameters() if "lora_B" in name}
     assert lora and any(p.abs().sum() > 0 for p in lora.values())  # the trained adapter, not a fresh one
+
+
+# ---- tested versions ---------------------------------------------------------------------------
+
+def test_requirement_floors_are_the_pinned_tested_versions():
+    """Every requirement has a pin in constraints.txt that it accepts and that this (tested)
+    environment has installed; setup_env.sh installs with the constraints."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    def entries(name):
+        lines = (REPO_ROOT / name).read_text().splitlines()
+        return [Requirement(line.split("#")[0]) for line in lines
+                if line.split("#")[0].strip() and not line.startswith("-e")]
+
+    pins = {canonicalize_name(r.name): Version(str(r.specifier).removeprefix("==")) for r in entries("constraints.txt")}
+    for requirement in entries("requirements.txt"):
+        pin = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(pin), (requirement, pin)
+        floors = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+        assert floors and Version(f"{pin.major}.{pin.minor}") <= floors[0] <= pin, (requirement, pin)  # tested
+    for name, pin in pins.items():
+        assert Version(version(name)).public == str(pin), name  # pins are what CI runs
+    assert "deepspeed" in pins and pins["deepspeed"] >= Version("0.19.3")
+    assert "-c constraints.txt" in (REPO_ROOT / "scripts" / "setup_env.sh").read_text()
