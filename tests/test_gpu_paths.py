@@ -294,3 +294,53 @@ def test_requirement_floors_are_the_pinned_tested_versions():
         assert Version(version(name)).public == str(pin), name  # pins are what CI runs
     assert "deepspeed" in pins and pins["deepspeed"] >= Version("0.19.3")
     assert "-c constraints.txt" in (REPO_ROOT / "scripts" / "setup_env.sh").read_text()
+
+
+# ---- scripts/gpu_check.sh ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_gpu_check_tiny_runs_train_analysis_and_prints_the_table(tmp_path):
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), "--tiny"], capture_output=True,
+                            text=True, env=script_env(GPU_CHECK_DIR=tmp_path), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| tokens/seq | ranks | parameters (trainable) | loss step 1, 2 | tokens/s | MFU | peak memory (MiB) |" \
+        in result.stdout
+    assert "MFU = tokens/s x 6 x (trainable + frozen parameters)" in result.stdout
+    (run,) = json.loads((tmp_path / "tiny" / "gpu_check.json").read_text())["runs"]
+    assert run["seq_len"] == 192 and run["world_size"] == 1 and run["mfu"] is None  # no GPU: no MFU
+    assert run["losses"]["1"] == pytest.approx(math.log(2), abs=1e-4) and run["tokens_per_s"] > 0
+    assert run["peak_mib"]["cpu (RSS, all processes)"] > 100
+    assert f"| 192 | 1 | " in result.stdout
+    import pandas as pd
+
+    scores = pd.read_parquet(tmp_path / "tiny" / "len192" / "analysis" / "scores.parquet")
+    assert len(scores) == 2 and scores["checkpoint"].eq("checkpoint-2").all()
+    failed = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), "--tiny"], capture_output=True,
+                            text=True, env=script_env(GPU_CHECK_DIR=tmp_path, PRECISION_ARGS="--no_such_flag"),
+                            timeout=600)
+    assert failed.returncode != 0 and "| tokens/seq |" not in failed.stdout
+    assert "FAILED" in failed.stderr and "dpo.log" in failed.stderr
+    assert "no_such_flag" in (tmp_path / "tiny" / "len192" / "dpo.log").read_text()
+
+
+def test_gpu_check_tokens_per_second_and_mfu_arithmetic(tmp_path, monkeypatch):
+    from fwdrev import gpu_check
+
+    check = tmp_path / "len8192"
+    (check / "dpo" / "checkpoint-2").mkdir(parents=True)
+    (check / "analysis").mkdir()
+    (check / "analysis" / "scores.parquet").write_bytes(b"x")
+    history = [{"step": 1, "loss": math.log(2)}, {"step": 2, "loss": 0.69}]
+    (check / "dpo" / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    (check / "meta.json").write_text(json.dumps({"seq_len": 8192, "world_size": 8, "gpus": 8, "model_dir": "m"}))
+    (check / "memory.json").write_text(json.dumps({"source": "nvidia-smi memory.used", "peak_mib": {"gpu0": 70000.0}}))
+    monkeypatch.setattr(gpu_check, "step_wall_times", lambda run_dir: {1: 100.0, 2: 104.0})
+    monkeypatch.setattr(gpu_check, "parameter_counts", lambda model_dir, adapter: (7_000_000_000, 600_000_000))
+    row = gpu_check.measure(check, peak_tflops=989.0)
+    assert row["tokens_per_s"] == pytest.approx(2 * 8192 * 8 / 4.0)  # 32,768 tokens/s
+    assert row["mfu"] == pytest.approx(32768 * 6 * 7.6e9 / (8 * 989e12))
+    assert row["peak_mib"] == {"gpu0": 70000.0}
+    history[0]["loss"] = 0.5  # step 1 must be log 2 (fresh adapter = reference)
+    (check / "dpo" / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    with pytest.raises(RuntimeError, match="not log 2"):
+        gpu_check.measure(check, peak_tflops=989.0)
