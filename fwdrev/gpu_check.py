@@ -71,7 +71,11 @@ def make_data(model_dir: str, tokens: int, rows: int, output: str, seed: int = 0
     rng = random.Random(seed)
 
     def text(count):
-        return tokenizer.decode(rng.choices(ids, k=count))
+        """Decoded random ids that re-encode to at least ``count`` tokens."""
+        decoded = tokenizer.decode(rng.choices(ids, k=count))
+        while len(tokenizer(decoded, add_special_tokens=False)["input_ids"]) < count:
+            decoded += tokenizer.decode(rng.choices(ids, k=count // 4 + 1))
+        return decoded
 
     frame = pd.DataFrame({"question": [f"Problem {i}: {text(32)}" for i in range(rows)],
                           "text": [text(tokens + tokens // 2) for _ in range(rows)],
