@@ -23,6 +23,7 @@ require_path "model" "${MODEL_PATH}"
 require_path "dataset" "${DATASET_PATH}"
 
 optional=()
+[[ "${GPU_COUNT}" -gt 0 ]] && optional+=(--use_flash_attention)  # SDPA, with a warning, without flash-attn
 [[ -n "${BASE_MODEL}" ]] && optional+=(--base_model "${BASE_MODEL}")
 [[ -n "${REF_MODEL_PATH}" ]] && optional+=(--ref_model_path "${REF_MODEL_PATH}")
 

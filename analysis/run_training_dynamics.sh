@@ -30,6 +30,7 @@ if [[ -n "${BASE_MODEL}" ]]; then
     require_path "base model" "${BASE_MODEL}"
     optional+=(--base_model "${BASE_MODEL}")
 fi
+[[ "${GPU_COUNT}" -gt 0 ]] && optional+=(--use_flash_attention)  # SDPA, with a warning, without flash-attn
 [[ -n "${EPOCHS}" ]] && optional+=(--epochs "${EPOCHS}")
 [[ "${INCLUDE_BASE}" == 1 ]] && optional+=(--include_base)
 

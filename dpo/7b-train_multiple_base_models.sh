@@ -35,7 +35,7 @@ EXTRA_ARGS="${EXTRA_ARGS:-}"                                 # any further combi
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
 cd "${REPO_ROOT}"
 
-choose_precision configs/ds_config_zero3_10k.json  # the original's config on GPUs
+choose_precision configs/ds_config_zero3.json  # LoRA: no offload needed (ds_config_zero3_10k.json offloads to CPU)
 
 run_name() {  # run_name MODEL_PATH: PARENT-FOLDER, e.g. ./outputs/sft_f/merged -> sft_f-merged
     local path
@@ -83,7 +83,6 @@ for i in "${!models[@]}"; do
     else
         failed+=("${name}")
     fi
-    MASTER_PORT="$(free_port)"
 done
 
 finish_runs "${OUTPUT_ROOT}" "${failed[@]}"

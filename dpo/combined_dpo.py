@@ -23,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fwdrev.checkpoint_pruning import OptimizerStatePruning  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
 from fwdrev.reference import ReferenceMode, reference_cache_key  # noqa: E402
@@ -63,7 +64,7 @@ def main(argv=None):
     if args.precompute_ref_log_probs:
         reference_key = reference_cache_key(reference_mode, model_args, data_args, args,
                                             [p.example_id for p in train_pairs + eval_pairs])
-    callbacks = [MetricsCSVCallback()]
+    callbacks = [MetricsCSVCallback(), OptimizerStatePruning()]  # optimizer state: newest checkpoint only
     if data_args.probe_every > 0:
         from fwdrev.probes import build_probe_callback
 

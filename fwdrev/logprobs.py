@@ -11,8 +11,9 @@ Under autograd two paths keep memory at one chunk of logits:
   and keeps only that (N x H, the size of the hidden states). Backward scales it by the incoming
   gradient: no logits are kept and none are recomputed, so a step costs the two head matmuls
   that full logits cost too. Under ZeRO-3 the head's weight is gathered once per call.
-* trainable head (full fine-tuning): each chunk is checkpointed, so backward recomputes one
-  chunk's logits at a time. The head is called as a module, so ZeRO-3 gathers its weight.
+* trainable head (full fine-tuning): each chunk is checkpointed (reentrant only for a ZeRO-3
+  partitioned head), so backward recomputes one chunk's logits at a time. The head is called as
+  a module, so ZeRO-3 gathers its weight.
 """
 
 from __future__ import annotations
@@ -106,12 +107,15 @@ def label_logprobs(hidden: torch.Tensor, lm_head, targets: torch.Tensor,
         flat = _frozen_head_logps(lm_head, flat_hidden, flat_targets, chunk_size)
         return _sequence_stats(flat, mask, targets, hidden.device)
     use_checkpoint = torch.is_grad_enabled() and flat_hidden.requires_grad
+    # Reentrant only for a ZeRO-3 partitioned head: backward re-runs the head as a module, so
+    # ZeRO-3 gathers its weight again (non-reentrant would find the saved weight partitioned
+    # away). Anywhere else non-reentrant: under DDP each reentrant chunk's backward would mark a
+    # trainable head's weight ready once more ("Expected to mark a variable ready only once").
+    reentrant = _is_zero3_partitioned(lm_head)
 
     def chunk_logps(h, t):
         if use_checkpoint:
-            # Reentrant: backward re-runs the head as a module, so ZeRO-3 gathers its weight
-            # again; non-reentrant checkpointing would find the saved weight partitioned away.
-            return checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=True)
+            return checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=reentrant)
         return _label_logps_of_chunk(lm_head, h, t)
 
     own_chunks = -(-flat_targets.numel() // chunk_size)
@@ -143,10 +147,13 @@ def _sequence_stats(flat: torch.Tensor, mask: torch.Tensor, targets: torch.Tenso
     return SequenceLogprobs(per_token=per_token, mask=mask, sum=total, mean=mean, count=count)
 
 
+def _is_zero3_partitioned(lm_head) -> bool:
+    return hasattr(getattr(lm_head, "weight", None), "ds_id")
+
+
 def _chunk_count_on_all_ranks(lm_head, count: int, device) -> int:
     """The largest chunk count of all ranks when the head's weight is ZeRO-3 partitioned."""
-    weight = getattr(lm_head, "weight", None)
-    if not (hasattr(weight, "ds_id") and dist.is_available() and dist.is_initialized()):
+    if not (_is_zero3_partitioned(lm_head) and dist.is_available() and dist.is_initialized()):
         return count
     largest = torch.tensor([count], device=device)
     dist.all_reduce(largest, op=dist.ReduceOp.MAX)

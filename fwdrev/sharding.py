@@ -54,10 +54,16 @@ class Shard:
             torch.distributed.destroy_process_group()
 
     def device(self, gpu_id: int = 0) -> torch.device:
-        """cuda:LOCAL_RANK under torchrun, cuda:gpu_id otherwise, or the CPU."""
+        """cuda:LOCAL_RANK under torchrun, cuda:gpu_id otherwise, or the CPU.
+
+        Also makes it the current CUDA device, so that nothing a rank allocates without naming
+        a device (CUDA context, flash-attn workspaces) lands on GPU 0.
+        """
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda", self.local_rank if self.launched else gpu_id)
+        index = self.local_rank if self.launched else gpu_id
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
 
     def file(self, final_path: str | Path, index: int | None = None) -> Path:
         """Where shard ``index`` (default: this one) of ``final_path`` is written."""

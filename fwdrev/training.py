@@ -19,7 +19,9 @@ from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from fwdrev.cli import UsageError
+from fwdrev.checkpoint_pruning import check_resumable
 from fwdrev.data import load_preference_data
+from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.io import atomic_path, write_json
 from fwdrev.splits import default_group_column
 from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
@@ -112,6 +114,7 @@ def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | Non
     parser.set_defaults(**{**defaults, **recipe})
     parsed = parser.parse_args_into_dataclasses(args=argv)
     for group in parsed:
+        check_deepspeed_ops(group)  # a DeepSpeed op that cannot load fails now, not after the model loads
         if hasattr(group, "config"):
             group.config = str(recipe_file) if recipe_file else None
     return parsed
@@ -274,10 +277,10 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     if not value:
         return None
     if value == "latest":
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        return check_resumable(get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None)
     if not os.path.isdir(value):
         raise FileNotFoundError(f"--resume_from_checkpoint: no such folder {value}")
-    return value
+    return check_resumable(value)  # not one whose optimizer state was pruned
 
 
 def save_run_config(output_dir: str, *argument_groups, records: dict | None = None) -> None:

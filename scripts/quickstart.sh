@@ -71,7 +71,6 @@ for set in f r m; do
         --sample_types "${SAMPLE_TYPES[$set]}" --output_dir "${OUT}/sft_${set}" \
         --num_train_epochs "${SFT_EPOCHS}" --learning_rate "${SFT_LR}" \
         --per_device_train_batch_size "${SFT_BATCH}" --warmup_steps 0.05 --no_use_lora "${COMMON[@]}"
-    MASTER_PORT="$(free_port)"
 done
 
 SFT_M_MODEL="${OUT}/sft_m/checkpoints/${SFT_EPOCHS}"
@@ -81,7 +80,6 @@ launch dpo/combined_dpo.py --model_name "${SFT_M_MODEL}" \
     --max_steps "${DPO_STEPS}" --save_steps "${DPO_SAVE_STEPS}" --learning_rate "${DPO_LR}" \
     --warmup_steps 0 --per_device_train_batch_size "${DPO_BATCH}" --gradient_accumulation_steps 1 \
     --eval_size 0 --probe_every "${DPO_SAVE_STEPS}" --probe_size 8 "${COMMON[@]}"
-MASTER_PORT="$(free_port)"
 
 for run in sft_f sft_r sft_m dpo_m; do
     set_name="${run#*_}"
@@ -93,7 +91,6 @@ for run in sft_f sft_r sft_m dpo_m; do
         --checkpoint_dir "${OUT}/${run}$([[ ${stage} == sft ]] && echo /checkpoints)" \
         --dataset_path "${DATA}/test.parquet" --output_dir "${RESULTS}/${set_name}/${stage}" \
         --stage "${stage}" --max_length "${MAX_LENGTH}" --max_prompt_length 128
-    MASTER_PORT="$(free_port)"
 done
 
 banner "answer accuracy on T_f and T_r, before and after"

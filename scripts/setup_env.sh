@@ -20,7 +20,7 @@ if [[ -z "${VIRTUAL_ENV:-}" ]]; then
 fi
 
 stamp="${VIRTUAL_ENV}/.fwdrev-requirements.sha256"
-wanted="$(cat "${REPO_ROOT}/requirements.txt" "${REPO_ROOT}/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+wanted="$(cat "${REPO_ROOT}/requirements.txt" "${REPO_ROOT}/constraints.txt" "${REPO_ROOT}/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ -f "${stamp}" && "$(cat "${stamp}")" == "${wanted}" ]] && python -c "import fwdrev, torch" 2>/dev/null; then
     echo "environment up to date: ${VIRTUAL_ENV}"
 else
@@ -28,7 +28,8 @@ else
     if ! python -c "import torch" 2>/dev/null; then
         python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
     fi
-    (cd "${REPO_ROOT}" && python -m pip install --quiet -r requirements.txt)
+    # constraints.txt: the exact versions CI tests (requirements.txt only bounds them)
+    (cd "${REPO_ROOT}" && python -m pip install --quiet -r requirements.txt -c constraints.txt)
     echo "${wanted}" > "${stamp}"
     echo "environment ready: ${VIRTUAL_ENV}"
 fi

@@ -68,7 +68,6 @@ for train_set in ${TRAIN_SETS}; do
     else
         failed+=("${train_set}")
     fi
-    MASTER_PORT="$(free_port)"
 done
 
 finish_runs "${OUTPUT_ROOT}" "${failed[@]}"

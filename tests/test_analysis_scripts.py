@@ -314,7 +314,8 @@ def test_evaluate_answers_default_budget_covers_the_longest_reference_trace(runs
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     rows = generate_preference_rows(NUM_ROWS, seed=4)
     originals = rows.loc[rows["sample_type"] == "original", "text"]
-    responses = [text.split("<|im_start|>assistant\n")[-1] for text in originals]  # y+ after the header
+    # y+ after the header, without the white space after its final <|im_end|> (not scored)
+    responses = [text.split("<|im_start|>assistant\n")[-1].rstrip() for text in originals]
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
     assert longest > 6
     evaluate_answers.main(["--model_path", str(tiny_model_dir), "--dataset_path", str(runs / "rows.parquet"),
