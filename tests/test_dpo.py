@@ -249,8 +249,9 @@ def test_full_finetuning_resume_without_its_reference_cache(tiny_model_dir, tmp_
 @pytest.mark.slow
 def test_launcher_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
     env = script_env(MODEL_PATHS=f"{tiny_model_dir} {tmp_path / 'missing_model'}", DATA_PATH=SAMPLE,
-                     OUTPUT_ROOT=tmp_path, MAX_STEPS=2, MAX_LENGTH=256, MAX_PROMPT_LENGTH=128,
-                     LORA_R=4, LORA_ALPHA=8, SAVE_STEPS=2, EXTRA_ARGS="--report_to none --eval_size 0")
+                     OUTPUT_ROOT=tmp_path,
+                     EXTRA_ARGS="--max_steps 2 --max_length 256 --lora_r 4 --lora_alpha 8 --save_steps 2 "
+                                "--gradient_accumulation_steps 2 --report_to none --eval_size 0")
     result = subprocess.run(["bash", str(REPO_ROOT / "dpo" / "7b-train_multiple_base_models.sh")],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 1  # the missing model is reported and counted as failed

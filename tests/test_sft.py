@@ -316,8 +316,8 @@ def test_zero3_two_processes_saves_every_epoch(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_launcher_trains_the_requested_sets(tiny_model_dir, tmp_path):
     env = script_env(OMP_NUM_THREADS=1, MODEL_PATH=tiny_model_dir, DATA_PATH=SAMPLE, OUTPUT_ROOT=tmp_path,
-                     TRAIN_SETS="x f", EPOCHS=2, MAX_LENGTH=256, MAX_PROMPT_LENGTH=128,
-                     EXTRA_ARGS="--per_device_train_batch_size 8 --lora_r 4 --lora_alpha 8 --report_to none")
+                     TRAIN_SETS="x f", EXTRA_ARGS="--num_train_epochs 2 --max_length 256 "
+                                                  "--per_device_train_batch_size 8 --report_to none")
     result = run_command(["bash", str(REPO_ROOT / "scripts" / "sft.sh")], env)
     assert result.returncode == 1  # the unknown set is reported and counted as failed
     assert "unknown TRAIN_SETS entry 'x'" in result.stderr and "failed runs: x" in result.stderr
@@ -327,7 +327,8 @@ def test_launcher_trains_the_requested_sets(tiny_model_dir, tmp_path):
     assert json.loads((run / "run_config.json").read_text())["SFTArguments"]["deepspeed"].endswith(
         "ds_config_zero3_cpu.json")
     steps = pd.read_csv(run / "metrics.csv").dropna(subset=["loss"])["step"]
-    assert list(steps) == list(range(1, 9))  # 2 CPU ranks: ceil(50 / (8 x 2)) = 4 steps per epoch
+    # s1's global batch 16 on 2 CPU ranks x 8: no accumulation, ceil(50 / 16) = 4 steps per epoch
+    assert list(steps) == list(range(1, 9))
     assert (tmp_path / "logs" / "sft_f.log").is_file()
     missing = run_command(["bash", str(REPO_ROOT / "scripts" / "sft.sh")],
                           {**env, "MODEL_PATH": str(tmp_path / "no_model")}, timeout=60)
