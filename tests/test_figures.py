@@ -301,15 +301,24 @@ def test_default_share_widens_even_a_wide_focus_band():
     (a, b), (vmin, vmax) = result.settings["focus"], result.settings["ylim_c"]
     assert a <= 0.0 and b >= 0.8 and b - a <= 1.3 * 1.3 * 0.8  # around the D_m deltas, not coarsely rounded
     assert result.settings["share"] >= 1.5 * (b - a) / (vmax - vmin)
+    assert _axis_share(result.axes[2], a, b) == pytest.approx(result.settings["share"])  # as drawn
     plt.close(result.fig)
     squeezed = paper_figure.plot_paper_figure(series, share=0.25)  # asked for: kept, and said
-    assert squeezed.settings["share"] == 0.25
-    assert any("compressed, not widened" in note for note in squeezed.notes)
+    a, b = squeezed.settings["focus"]
+    assert squeezed.settings["share"] == 0.25 and _axis_share(squeezed.axes[2], a, b) == pytest.approx(0.25)
+    assert any("25%" in note and "compressed" in note for note in squeezed.notes)
     plt.close(squeezed.fig)
     only_mixed = paper_figure.plot_paper_figure(_tidy({("m", "m", "sft", 1): [0.0, 0.4, 0.8]}))  # band = range
     assert only_mixed.settings["share"] == 0.75
-    assert any("too much to widen" in note for note in only_mixed.notes)
+    assert any("--focus" in note for note in only_mixed.notes)  # cannot widen it: says what to change
     plt.close(only_mixed.fig)
+
+
+def _axis_share(ax, low: float, high: float) -> float:
+    """Fraction of the axis height that the data range [low, high] takes on screen."""
+    to_axes = ax.transData + ax.transAxes.inverted()
+    (_, y0), (_, y1) = to_axes.transform([(0, low), (0, high)])
+    return y1 - y0
 
 
 def test_base_model_epoch_0_is_drawn_inside_every_panel():
