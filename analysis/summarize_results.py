@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fwdrev.cli import UsageError, run_cli  # noqa: E402
 from fwdrev.data import read_table  # noqa: E402
-from fwdrev.figures import summary_table  # noqa: E402
+from fwdrev.result_tables import summary_table  # noqa: E402
 from fwdrev.io import write_table  # noqa: E402
 from fwdrev.scoring import add_group_argument, problem_group_ids  # noqa: E402
 
