@@ -42,7 +42,7 @@ def shared_sample():
 def test_real_sample_splits_every_row_exactly(shared_sample):
     data = load_preference_data(shared_sample)
     frame = pd.read_parquet(shared_sample)
-    adjusted = {i for rows in data.report.adjusted.values() for i in rows}
+    adjusted = set(data.report.adjusted["prompts differ only in white space; chosen prompt used"])
     assert len(adjusted) == 1  # the one row whose two prompts differ in white space only
     assert data.report.shape == "embedded"
     assert len(data.examples) == 100
@@ -63,8 +63,9 @@ def test_embedded_rows_split_into_the_exact_prompt_and_responses(tmp_path):
     first, second = data.examples
     assert first.prompt == ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nq0<|im_end|>\n"
                             "<|im_start|>assistant\n")
-    assert (first.chosen, first.rejected) == ("good 0<|im_end|>\n", "bad 0<|im_end|>\n")
-    assert (second.chosen, second.rejected) == ("good 1<|im_end|>\n", "bad 1<|im_end|>\n")
+    # the white space after the final <|im_end|> is not part of either response
+    assert (first.chosen, first.rejected) == ("good 0<|im_end|>", "bad 0<|im_end|>")
+    assert (second.chosen, second.rejected) == ("good 1<|im_end|>", "bad 1<|im_end|>")
     assert [e.sample_type for e in data.examples] == ["original", "flipped"]
 
 

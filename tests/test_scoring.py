@@ -203,7 +203,7 @@ def test_reward_columns_against_hand_computed_numbers():
     # -12 - -15 = 3, -18 - -17 = -1, -40 - -35 = -5
     assert rewarded["rejected_reward"].tolist() == [1.5, -0.5, -2.5]
     assert rewarded["reward_margin"].tolist() == [-1.0, 0.0, 3.0]
-    assert summarize_scores(rewarded)["all"]["reward_accuracy"] == pytest.approx(1 / 3)
+    assert summarize_scores(rewarded, group_column=None)["all"]["reward_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_checkpoint_summary_rows():
