@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, script_env
+from helpers import REPO_ROOT, script_env
 from test_dpo import run_dpo, train_losses
 
 ZERO3_CPU = str(REPO_ROOT / "configs" / "ds_config_zero3_cpu.json")

@@ -2,13 +2,12 @@
 
 import json
 import re
-import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT, script_env
+from helpers import REPO_ROOT, run_command, script_env
 from fwdrev.synthetic import generate_preference_rows
 
 TRAINING_LAUNCHERS = ("scripts/sft.sh", "dpo/7b-train_multiple_base_models.sh")
@@ -38,9 +37,7 @@ def test_launchers_train_on_the_train_split_and_score_the_test_split():
 
 
 def run(command, env, timeout=600):
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return run_command(command, env, cwd=REPO_ROOT, timeout=timeout, check=True)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from conftest import REPO_ROOT, load_script  # noqa: E402
+from helpers import REPO_ROOT, assert_mentions, load_script  # noqa: E402
 from fwdrev import paper_figure, result_tables  # noqa: E402
 
 summarize_results = load_script("analysis", "summarize_results")
@@ -72,7 +72,8 @@ def test_summarize_results_needs_a_problem_key(results_dir, tmp_path):
     table.to_csv(results_dir / "f" / "sft" / "all.csv", index=False)
     script = [sys.executable, str(REPO_ROOT / "analysis" / "summarize_results.py"), "--results_dir", str(results_dir)]
     proc = subprocess.run(script, capture_output=True, text=True)
-    assert proc.returncode == 2 and "no 'group_id' column" in proc.stderr and "--dataset_path" in proc.stderr
+    assert proc.returncode == 2
+    assert_mentions(proc.stderr, "'group_id'", "--dataset_path")
     data = tmp_path / "data.parquet"  # the scored file: rows 0, 2 and rows 1, 3 are one problem each
     pd.DataFrame({"question": ["q0", "q1", "q0", "q1"], "text": ["a"] * 4}).to_parquet(data)
     proc = subprocess.run(script + ["--dataset_path", str(data)], capture_output=True, text=True)
@@ -120,7 +121,7 @@ def test_dynamics_figure_ci_bands(results_dir, tmp_path, capsys):
     written = dynamics_script.main(["--results_dir", str(results_dir), "--output_dir", str(tmp_path / "o"),
                                     "--ci", "--dpi", "50"])
     assert len(written) == 4
-    assert "r/sft/all.csv: no group_id column" in capsys.readouterr().err
+    assert_mentions(capsys.readouterr().err, "r/sft/all.csv", "group_id")
 
 
 WRONG_Y_PLUS = re.compile(r"preferred forward|the forward (reasoning )?trace|forward \(y\+\)|`text`, the forward",

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from conftest import load_script
+from helpers import load_script
 
 benchmark_dpo = load_script("scripts", "benchmark_dpo")
 
