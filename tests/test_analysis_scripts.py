@@ -174,22 +174,47 @@ def test_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, exp
 LAUNCHERS = {  # launcher -> the environment that makes it reach torchrun
     "analysis/run_dpo_analysis.sh": {"MODEL_PATH": "{d}", "DATASET_PATH": "{d}"},
     "analysis/run_training_dynamics.sh": {"BASE_MODEL": "{d}", "CHECKPOINT_DIR": "{d}", "DATASET_PATH": "{d}"},
-    "scripts/sft.sh": {"MODEL_PATH": "{d}", "DATA_PATH": "{d}", "TRAIN_SETS": "f", "OUTPUT_ROOT": "{d}/o",
-                       "DS_CONFIG": ""},
-    "dpo/7b-train_multiple_base_models.sh": {"MODEL_PATHS": "{d}", "DATA_PATH": "{d}", "OUTPUT_ROOT": "{d}/o",
-                                             "DS_CONFIG": ""},
 }
+TRAINING_LAUNCHERS = {  # launcher -> (environment that reaches torchrun, default recipe)
+    "scripts/sft.sh": ({"MODEL_PATH": "{d}", "DATA_PATH": "{d}", "TRAIN_SETS": "f", "OUTPUT_ROOT": "{d}/o",
+                        "DS_CONFIG": ""}, "s1"),
+    "dpo/7b-train_multiple_base_models.sh": ({"MODEL_PATHS": "{d}", "DATA_PATH": "{d}", "OUTPUT_ROOT": "{d}/o",
+                                              "DS_CONFIG": ""}, "lora"),
+}
+
+
+def fake_torchrun_env(tmp_path, environment: dict) -> dict:
+    """The launcher's environment with a torchrun on PATH that appends its arguments to tmp_path/args."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    fake_torchrun = tmp_path / "bin" / "torchrun"
+    fake_torchrun.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
+    fake_torchrun.chmod(0o755)
+    env = {k: v.format(d=tmp_path) for k, v in environment.items()}
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    return env
+
+
+@pytest.mark.parametrize("launcher", sorted(TRAINING_LAUNCHERS))
+def test_training_launchers_pass_a_recipe_and_paths_only(launcher, tmp_path):
+    environment, default_recipe = TRAINING_LAUNCHERS[launcher]
+    env = fake_torchrun_env(tmp_path, environment)
+    for recipe, extra in ((None, ""), ("original" if default_recipe == "lora" else "lora", "--max_steps 3")):
+        (tmp_path / "args").unlink(missing_ok=True)
+        run_env = script_env(**env, EXTRA_ARGS=extra, **({"RECIPE": recipe} if recipe else {}))
+        result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                                env=run_env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        args = (tmp_path / "args").read_text().split()
+        assert args[args.index("--config") + 1] == (recipe or default_recipe)
+        hyper_parameters = {"--learning_rate", "--max_steps", "--num_train_epochs", "--lora_r", "--beta",
+                            "--gradient_accumulation_steps", "--save_steps", "--warmup_steps"}
+        assert hyper_parameters & set(args) == ({"--max_steps"} if extra else set())  # only EXTRA_ARGS'
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_launchers_pass_max_prompt_length_only_when_set(launcher, tmp_path):
     """MAX_PROMPT_LENGTH used to default to 2048, so MAX_LENGTH=512 alone always exited 2."""
-    (tmp_path / "bin").mkdir()
-    fake_torchrun = tmp_path / "bin" / "torchrun"
-    fake_torchrun.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
-    fake_torchrun.chmod(0o755)
-    env = {k: v.format(d=tmp_path) for k, v in LAUNCHERS[launcher].items()}
-    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    env = fake_torchrun_env(tmp_path, LAUNCHERS[launcher])
     for prompt_length, expected in (("", None), ("100", "--max_prompt_length 100")):
         (tmp_path / "args").unlink(missing_ok=True)
         result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
