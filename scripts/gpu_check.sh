@@ -4,7 +4,8 @@
 #       with a warning when flash-attn is missing), gradient checkpointing, LoRA r=256, on a
 #       Qwen2.5-7B-shaped model built from its config (random weights, nothing downloaded), with
 #       synthetic rows of exactly 8,192 and 20,000 tokens per sequence;
-#   (b) the analysis (analysis/analyze_dpo_model.py) of each run's checkpoint-2;
+#   (b) the analysis (analysis/analyze_dpo_model.py) of each run's checkpoint-2 (on its own
+#       training rows, so --allow_train_overlap: this checks the path, not held-out numbers);
 #   (c) a table: peak memory per GPU, tokens/s, MFU (formula printed; GPU_PEAK_TFLOPS, default
 #       989 = H100/H200 dense bf16). Exit status non-zero on any failure.
 #
@@ -83,7 +84,7 @@ for seq_len in ${SEQ_LENGTHS}; do
         --model_path "${run_dir}/dpo/checkpoint-2" --base_model "${MODEL_DIR}" \
         --dataset_path "${run_dir}/data.parquet" --output_dir "${run_dir}/analysis" \
         --max_length "${seq_len}" --max_prompt_length "${PROMPT_LENGTH}" --max_tokens "${seq_len}" \
-        --batch_size 1 $([[ "${GPU_COUNT}" -gt 0 ]] && echo --use_flash_attention)
+        --allow_train_overlap --batch_size 1 $([[ "${GPU_COUNT}" -gt 0 ]] && echo --use_flash_attention)
     check_dirs+=("${run_dir}")
 done
 
