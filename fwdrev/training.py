@@ -215,7 +215,9 @@ def split_train_eval(items: list, eval_size: float, seed: int,
     """
     groups = list(range(len(items))) if groups is None else list(groups)
     count = int(round(eval_size * len(items))) if eval_size < 1 else int(eval_size)
-    count = min(count, len(items) - 1)
+    if count > len(items) // 2:
+        raise UsageError(f"--eval_size {eval_size:g} would hold out {count} of {len(items)} rows, leaving "
+                         "fewer to train on than to evaluate; lower --eval_size (0 = no evaluation)")
     if count <= 0:
         return list(items), []
     order = list(dict.fromkeys(groups))
