@@ -19,23 +19,19 @@ accuracy, n_wrong, n_no_answer_at_budget, no_answer_at_budget_rate, max_new_toke
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from fwdrev.answers import (accuracy_by_sample_type, generate_greedy_outputs, gold_answer,  # noqa: E402
+from fwdrev.answers import (accuracy_by_sample_type, generate_greedy_outputs, gold_answer,
                             grade_generations, reference_budget)
-from fwdrev.data import DataValidationError, load_preference_data  # noqa: E402
-from fwdrev.io import write_json, write_table  # noqa: E402
-from fwdrev.modeling import load_for_scoring  # noqa: E402
-from fwdrev.scoring import scoring_dtype  # noqa: E402
-from fwdrev.sharding import Shard  # noqa: E402
-from fwdrev.tokenization import truncate_prompt  # noqa: E402
-from fwdrev.cli import run_cli  # noqa: E402
+from fwdrev.data import DataValidationError, load_preference_data
+from fwdrev.io import write_json, write_table
+from fwdrev.modeling import load_for_scoring
+from fwdrev.scoring import scoring_dtype
+from fwdrev.sharding import Shard
+from fwdrev.tokenization import truncate_prompt
+from fwdrev.cli import run_cli
 
 ANSWER_COLUMNS = ["example_id", "sample_type", "generated", "extracted", "gold", "correct", "hit_budget",
                   "outcome"]

@@ -18,17 +18,13 @@ data_report.json, reference_logps.parquet, and merged/ with --merge_weights.
 """
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fwdrev.checkpoint_pruning import OptimizerStatePruning  # noqa: E402
-from fwdrev.cli import run_cli  # noqa: E402
-from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
-from fwdrev.reference import ReferenceMode, reference_cache_key  # noqa: E402
-from fwdrev.run_folder import check_output_dir, run_is_complete  # noqa: E402
-from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
+from fwdrev.checkpoint_pruning import OptimizerStatePruning
+from fwdrev.cli import run_cli
+from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset
+from fwdrev.reference import ReferenceMode, reference_cache_key
+from fwdrev.run_folder import check_output_dir, run_is_complete
+from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,
                              check_attention_precision, finish_distributed,
                              load_policy, load_reference_model, load_training_tokenizer, merge_final_model,
                              parse_arguments, prepare_training_data, resolve_resume_checkpoint,

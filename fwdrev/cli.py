@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from fwdrev.data import DataValidationError
 from fwdrev.tokenization import LengthSettingsError
@@ -16,9 +17,25 @@ class UsageError(Exception):
 USAGE_ERRORS = (DataValidationError, LengthSettingsError, UsageError)
 
 
+def check_same_checkout(script: str) -> None:
+    """Stop when a project script runs against the fwdrev installed from another checkout.
+
+    Scripts import fwdrev as installed (``pip install -e .``); a script of checkout A with the
+    package of checkout B would mix two versions of the code without a word.
+    """
+    script_path = Path(script).resolve()
+    if not script_path.is_file() or len(script_path.parents) < 2:
+        return  # python -c, an interactive session
+    script_root, package_root = script_path.parents[1], Path(__file__).resolve().parents[1]
+    if (script_root / "fwdrev").is_dir() and script_root != package_root:
+        raise UsageError(f"{script} runs with the fwdrev package of {package_root}, not of its own checkout "
+                         f"{script_root}: run `pip install -e .` in {script_root}")
+
+
 def run_cli(main) -> None:
     """Run a script's main; bad data, inconsistent flags or a usage error end with exit code 2."""
     try:
+        check_same_checkout(sys.argv[0])
         main()
     except USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

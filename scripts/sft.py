@@ -21,17 +21,13 @@ data_report.json, and merged/ with --merge_weights.
 """
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fwdrev.cli import run_cli  # noqa: E402
-from fwdrev.dpo_trainer import PairDataset  # noqa: E402
-from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,  # noqa: E402
+from fwdrev.cli import run_cli
+from fwdrev.dpo_trainer import PairDataset
+from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,
                         SFTDataArguments, SFTTrainer)
-from fwdrev.run_folder import check_output_dir, run_is_complete  # noqa: E402
-from fwdrev.training import (MetricsCSVCallback, ModelArguments, check_attention_precision,  # noqa: E402
+from fwdrev.run_folder import check_output_dir, run_is_complete
+from fwdrev.training import (MetricsCSVCallback, ModelArguments, check_attention_precision,
                              finish_distributed, load_policy, load_training_tokenizer, merge_final_model,
                              parse_arguments, prepare_training_data, resolve_resume_checkpoint,
                              save_final_model, setup_logging)
