@@ -76,12 +76,12 @@ def main(argv=None):
         ref_model=ref_model)
     resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if run_is_complete(trainer, resume_from):
-        finish_distributed(trainer)  # under torchrun this ends the process
+        finish_distributed(trainer)
         return
     trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)
     logger.info("done: %s", args.output_dir)
-    # the merge runs on rank 0 once the process group is gone; under torchrun this ends the process
+    # the merge runs on rank 0 once the process group is gone
     finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +17,14 @@ class UsageError(Exception):
 
 
 USAGE_ERRORS = (DataValidationError, LengthSettingsError, UsageError)
+
+_left_process_group = False  # set by fwdrev.training.finish_distributed
+
+
+def note_process_group_left() -> None:
+    """Record that this process used and left a torch.distributed group (``run_cli`` then ends it)."""
+    global _left_process_group
+    _left_process_group = True
 
 
 def check_same_checkout(script: str) -> None:
@@ -40,3 +50,18 @@ def run_cli(main) -> None:
     except USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
+    if _left_process_group and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        exit_without_teardown()
+
+
+def exit_without_teardown() -> None:
+    """End a torchrun process after its main returned, skipping interpreter teardown.
+
+    Process groups that DeepSpeed still holds would otherwise be destroyed during finalization,
+    and gloo's worker threads then abort the rank ("terminate called without an active
+    exception", SIGABRT) after a successful run. Every output is written and closed by now.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -18,7 +18,7 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from fwdrev.cli import UsageError
+from fwdrev.cli import UsageError, note_process_group_left
 from fwdrev.checkpoint_pruning import check_resumable
 from fwdrev.data import load_preference_data
 from fwdrev.deepspeed_ops import check_deepspeed_ops
@@ -312,27 +312,20 @@ class MetricsCSVCallback(TrainerCallback):
 
 
 def finish_distributed(trainer, then=None) -> None:
-    """End the run: leave the process group together, call ``then()`` on rank 0, exit under torchrun.
+    """End the run: leave the process group together, then call ``then()`` on rank 0.
 
     ``then`` (the merge) runs after the group is gone, so its minutes of loading and writing
-    cannot hit a collective timeout on the other ranks. The exit skips interpreter teardown on
-    purpose: process groups that DeepSpeed still holds are otherwise destroyed during
-    finalization, and gloo's worker threads then abort a rank ("terminate called without an
-    active exception", SIGABRT) after a successful run. Every output is written and closed by now.
+    cannot hit a collective timeout on the other ranks. Under torchrun, ``fwdrev.cli.run_cli``
+    ends the process once ``main`` returns (see ``exit_without_teardown`` for why).
     """
     is_rank_zero = trainer.args.process_index == 0
     distributed = torch.distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         trainer.accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
+        note_process_group_left()
     if then is not None and is_rank_zero:
         then()
-    if not distributed:
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:
