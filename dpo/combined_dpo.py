@@ -21,14 +21,15 @@ import logging
 
 from fwdrev.checkpoint_pruning import OptimizerStatePruning
 from fwdrev.cli import run_cli
-from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset
+from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
 from fwdrev.reference import ReferenceMode, reference_cache_key
 from fwdrev.run_folder import check_output_dir, run_is_complete
+from fwdrev.tokenization import PairDataset
 from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,
                              check_attention_precision, finish_distributed,
                              load_policy, load_reference_model, load_training_tokenizer, merge_final_model,
                              parse_arguments, prepare_training_data, resolve_resume_checkpoint,
-                             save_final_model, setup_logging)
+                             save_final_model, setup_logging, write_run_config_and_data_report)
 
 logger = logging.getLogger("combined_dpo")
 
@@ -52,6 +53,9 @@ def main(argv=None):
     check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
     tokenizer = load_training_tokenizer(model_args)
     data, train_pairs, eval_pairs = prepare_training_data(model_args, data_args, args, tokenizer)
+    if not eval_pairs:
+        args.eval_strategy = "no"  # nothing held out
+    write_run_config_and_data_report(model_args, data_args, args, data, train_pairs, eval_pairs)
 
     model = load_policy(model_args, args)
     reference_mode = ReferenceMode.choose(model_args, args)

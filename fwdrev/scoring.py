@@ -20,10 +20,10 @@ from fwdrev.data import DataValidationError, PreferenceData, load_preference_dat
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
 from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
 from fwdrev.splits import default_group_column
-from fwdrev.tokenization import (LengthSettingsError, TokenizedPair, check_lengths, collate_pairs,
-                                 default_max_prompt_length, encode_examples)
+from fwdrev.tokenization import (ChosenRejected, LengthSettingsError, TokenizedPair, check_lengths,
+                                 collate_pairs, default_max_prompt_length, encode_examples, split_halves)
 
-SIDES = ("chosen", "rejected")
+SIDES = ChosenRejected._fields  # ("chosen", "rejected")
 STAT_NAMES = ["num_tokens", "logp_sum", "logp_mean", "logp_max",
               "num_tokens_first_k", "logp_sum_first_k", "logp_mean_first_k", "logp_max_first_k"]
 DELTA_STATS = ["logp_sum", "logp_mean", "logp_max",
@@ -94,13 +94,12 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_s
             out = scoring_logprobs(model, batch["input_ids"].to(device),
                                    batch["attention_mask"].to(device),
                                    batch["labels"].to(device), chunk_size)
-            stats = {name: values.cpu().tolist()
+            stats = {name: split_halves(values.cpu().tolist(), len(batch_pairs))
                      for name, values in response_stats(out.per_token, out.mask, first_k).items()}
-            size = len(batch_pairs)
             for j, index in enumerate(batch_indices):
                 row = {"example_id": pairs[index].example_id}
-                for side, offset in (("chosen", 0), ("rejected", size)):
-                    row.update({f"{side}_{name}": stats[name][offset + j] for name in STAT_NAMES})
+                for side in SIDES:
+                    row.update({f"{side}_{name}": getattr(stats[name], side)[j] for name in STAT_NAMES})
                 rows[index] = row
     columns = ["example_id"] + [f"{side}_{name}" for side in SIDES for name in STAT_NAMES]
     frame = pd.DataFrame([rows[i] for i in range(len(pairs))], columns=columns)

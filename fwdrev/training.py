@@ -242,9 +242,10 @@ def problem_keys(frame, example_ids) -> list | None:
 
 def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, training_args,
                           tokenizer, with_rejected: bool = True):
-    """Load, validate, tokenize and split the training file; save the run config and data report.
+    """Load, validate, tokenize and split the training file.
 
-    Returns (data, train items, eval items); without eval items evaluation is switched off.
+    Returns (data, train items, eval items); evaluation is on when there are eval items (the
+    caller switches ``eval_strategy`` off otherwise, before ``write_run_config_and_data_report``).
     ``with_rejected=False`` reads the prompt and the chosen response only (SFT).
     """
     data = load_preference_data(
@@ -258,18 +259,21 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
         problem_keys(data.frame, [item.example_id for item in items]))
     logger.info("%s\n  train rows: %d, eval rows: %d", data.report.summary(), len(train_items),
                 len(eval_items))
-    if not eval_items:
-        training_args.eval_strategy = "no"
-    if training_args.process_index == 0:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        from fwdrev.provenance import training_record  # what the analysis checks overlap against
-
-        record = training_record(data, [p.example_id for p in train_items],
-                                 [p.example_id for p in eval_items], model_args.model_name,
-                                 model_args.init_adapter)
-        save_run_config(training_args.output_dir, model_args, data_args, training_args, records=record)
-        data.report.save_json(os.path.join(training_args.output_dir, "data_report.json"))
     return data, train_items, eval_items
+
+
+def write_run_config_and_data_report(model_args: ModelArguments, data_args: DataArguments, training_args,
+                                     data, train_items: list, eval_items: list) -> None:
+    """OUTPUT_DIR/run_config.json (arguments + training record) and data_report.json, on rank 0."""
+    if training_args.process_index != 0:
+        return
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    from fwdrev.provenance import training_record  # what the analysis checks overlap against
+
+    record = training_record(data, [p.example_id for p in train_items], [p.example_id for p in eval_items],
+                             model_args.model_name, model_args.init_adapter)
+    save_run_config(training_args.output_dir, model_args, data_args, training_args, records=record)
+    data.report.save_json(os.path.join(training_args.output_dir, "data_report.json"))
 
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:

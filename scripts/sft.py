@@ -23,14 +23,14 @@ data_report.json, and merged/ with --merge_weights.
 import logging
 
 from fwdrev.cli import run_cli
-from fwdrev.dpo_trainer import PairDataset
 from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,
                         SFTDataArguments, SFTTrainer)
 from fwdrev.run_folder import check_output_dir, run_is_complete
+from fwdrev.tokenization import PairDataset
 from fwdrev.training import (MetricsCSVCallback, ModelArguments, check_attention_precision,
                              finish_distributed, load_policy, load_training_tokenizer, merge_final_model,
                              parse_arguments, prepare_training_data, resolve_resume_checkpoint,
-                             save_final_model, setup_logging)
+                             save_final_model, setup_logging, write_run_config_and_data_report)
 
 logger = logging.getLogger("sft")
 
@@ -58,6 +58,9 @@ def main(argv=None):
     tokenizer = load_training_tokenizer(model_args)
     data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,
                                                         with_rejected=False)
+    if not eval_rows:
+        args.eval_strategy = "no"  # nothing held out
+    write_run_config_and_data_report(model_args, data_args, args, data, train_rows, eval_rows)
 
     callbacks = [MetricsCSVCallback()]
     if data_args.probe_every > 0:

@@ -5,7 +5,7 @@ import torch
 
 from fwdrev.data import DataReport, PreferenceExample
 from fwdrev.tokenization import (IGNORE_INDEX, LengthSettingsError, collate_pairs, encode_example,
-                                 encode_examples)
+                                 encode_examples, split_halves)
 
 
 class CharTokenizer:
@@ -76,6 +76,18 @@ def test_collate_puts_chosen_then_rejected_and_masks_prompt_and_padding():
     assert labels[0].tolist() == [IGNORE_INDEX, IGNORE_INDEX] + [ord(c) for c in "abc"]
     assert labels[2].tolist() == [IGNORE_INDEX, IGNORE_INDEX, ord("d"), IGNORE_INDEX, IGNORE_INDEX]
     assert torch.equal(batch["attention_mask"][2], torch.tensor([1, 1, 1, 0, 0]))
+
+
+def test_split_halves_names_the_chosen_and_rejected_rows_of_a_batch():
+    tok = CharTokenizer()
+    pairs = [encode_example(tok, example(3, "PP", "abc", "d"), 20, 10),
+             encode_example(tok, example(5, "Q", "e", "fghi"), 20, 10)]
+    lengths = collate_pairs(pairs, pad_token_id=1)["attention_mask"].sum(-1)
+    halves = split_halves(lengths, len(pairs))
+    assert halves.chosen.tolist() == [5, 2] and halves.rejected.tolist() == [3, 5]
+    assert split_halves(["c0", "c1", "r0", "r1"], 2) == (["c0", "c1"], ["r0", "r1"])
+    with pytest.raises(ValueError, match="a batch of 2 pairs has 4 rows, got 3"):
+        split_halves([1, 2, 3], 2)
 
 
 @pytest.mark.parametrize("max_length, expected", [(512, 256), (20000, 2048), (4097, 2048), (3, 1)])
