@@ -21,11 +21,12 @@ import logging
 
 from fwdrev.checkpoint_pruning import OptimizerStatePruning
 from fwdrev.cli import run_cli
+from fwdrev.data_arguments import DataArguments
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
 from fwdrev.reference import ReferenceMode, reference_cache_key
 from fwdrev.run_folder import check_output_dir, run_is_complete
 from fwdrev.tokenization import PairDataset
-from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,
+from fwdrev.training import (MetricsCSVCallback, ModelArguments,
                              check_attention_precision, finish_distributed,
                              load_policy, load_reference_model, load_training_tokenizer, merge_final_model,
                              parse_arguments, prepare_training_data, resolve_resume_checkpoint,
@@ -67,10 +68,10 @@ def main(argv=None):
     callbacks = [MetricsCSVCallback(), OptimizerStatePruning()]  # optimizer state: newest checkpoint only
     if data_args.probe_every > 0:
         from fwdrev.probes import build_probe_callback
+        from fwdrev.scoring import sample_types_by_id
 
-        sample_types = {e.example_id: e.sample_type for e in data.examples}
         callbacks.append(build_probe_callback(data_args, tokenizer, train_pairs, eval_pairs,
-                                              args.output_dir, sample_types=sample_types,
+                                              args.output_dir, sample_types=sample_types_by_id(data),
                                               chunk_size=args.logprob_chunk_size))
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=PairDataset(train_pairs),

@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from fwdrev.cli import UsageError, note_process_group_left
 from fwdrev.checkpoint_pruning import check_resumable
 from fwdrev.data import load_preference_data
+from fwdrev.data_arguments import DataArguments
 from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.io import atomic_path, write_json
 from fwdrev.splits import default_group_column
@@ -28,7 +29,7 @@ from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
                              pick_attn_implementation)
-from fwdrev.tokenization import check_lengths, default_max_prompt_length, encode_examples
+from fwdrev.tokenization import encode_examples
 
 logger = logging.getLogger(__name__)
 
@@ -53,38 +54,6 @@ class ModelArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train from scratch even if OUTPUT_DIR holds another run's "
                                          "checkpoints or model (they are overwritten)."})
-
-
-@dataclass
-class DataArguments:
-    train_file_path: str = field(metadata={"help": "Parquet or JSONL training file."})
-    prompt_field: str = field(default="question", metadata={"help": "Prompt column (plain data only)."})
-    flipped_prompt_field: str = field(
-        default="relevant-question",
-        metadata={"help": "Prompt column of plain 'flipped' rows (the reverse question), used when the "
-                          "file has it; '' = prompt_field for every row."})
-    chosen_field: str = field(default="text", metadata={"help": "Preferred response column (y+)."})
-    rejected_field: str = field(default="worse-text", metadata={"help": "Rejected response column (y-)."})
-    sample_types: str | None = field(
-        default=None, metadata={"help": "Keep these sample_type values, e.g. 'original', 'flipped' or "
-                                        "'original,flipped' (default: all rows)."})
-    drop_invalid_rows: bool = field(
-        default=False, metadata={"help": "Exclude invalid rows (reported) instead of failing."})
-    max_length: int = field(default=20000, metadata={"help": "Max tokens of prompt + response."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Max prompt tokens (the end is kept); default min(2048, max_length // 2)."})
-    eval_size: float = field(
-        default=0.05, metadata={"help": "Held-out eval rows, whole problems (both rows of a problem on "
-                                        "one side): a fraction (< 1) or a count (>= 1); 0 = none."})
-    probe_file: str | None = field(
-        default=None, metadata={"help": "Probe set for in-training log-prob probes (default: train/eval rows)."})
-    probe_every: int = field(default=0, metadata={"help": "Probe every N optimizer steps (0 = off)."})
-    probe_size: int = field(default=8, metadata={"help": "Probe rows taken from each of train and eval."})
-
-    def __post_init__(self):
-        if self.max_prompt_length is None:
-            self.max_prompt_length = default_max_prompt_length(self.max_length)
-        check_lengths(self.max_length, self.max_prompt_length)  # fail before any model is loaded
 
 
 def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | None = None,

@@ -93,7 +93,8 @@ def test_split_halves_names_the_chosen_and_rejected_rows_of_a_batch():
 @pytest.mark.parametrize("max_length, expected", [(512, 256), (20000, 2048), (4097, 2048), (3, 1)])
 def test_training_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, expected):
     """`--max_length 512` alone used to exit 2: the prompt budget defaulted to 2048."""
-    from fwdrev.training import DataArguments, parse_arguments
+    from fwdrev.data_arguments import DataArguments
+    from fwdrev.training import parse_arguments
 
     data_args = parse_arguments((DataArguments,), {}, ["--train_file_path", "x", "--max_length", str(max_length)])[0]
     assert data_args.max_prompt_length == expected
