@@ -26,6 +26,7 @@ from fwdrev.cli import UsageError
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
+from fwdrev.modeling import eval_mode
 from fwdrev.reference import (REFERENCE_CACHE, REFERENCE_CACHE_KEY, CacheDecision,  # noqa: F401
                               ReferenceMode, check_reference_cache, decide_on_main_process,
                               length_sorted_shard, write_reference_cache)
@@ -167,18 +168,16 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
         batch_size = self.args.ref_batch_size or self.args.per_device_eval_batch_size
         collator = PairCollator(self.processing_class.pad_token_id)
         rows = []
-        was_training = model.training
-        model.eval()  # no LoRA dropout in the initial policy's scores
         reference, context = self._reference_model(model)
-        with context:
+        with eval_mode(model), context:  # no LoRA dropout in the initial policy's scores
             for start in tqdm(range(0, len(shard), batch_size), desc="reference log-probs",
                               disable=rank != 0):
                 batch = collator(shard[start : start + batch_size])
                 out = self._sequence_logprobs(reference, batch)
                 example_ids = batch["example_ids"].tolist()
-                sums, means = (split_halves(values.tolist(), len(example_ids)) for values in (out.sum, out.mean))
+                sums, means = (split_halves(values.tolist(), len(example_ids))
+                               for values in (out.sum, out.mean))
                 rows += zip(example_ids, sums.chosen, sums.rejected, means.chosen, means.rejected)
-        model.train(was_training)
         if world > 1:
             gathered = [None] * world
             dist.all_gather_object(gathered, rows)
