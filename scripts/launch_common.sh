@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shared preamble of the shell launchers: `source scripts/launch_common.sh` after the user's
-# variables. Provides NUM_PROCS (visible GPUs, else CPU processes), GPU_COUNT, `sample_types SET`,
+# variables. Provides NUM_PROCS (visible GPUs, else CPU processes), GPU_COUNT, `set_sample_types SET`,
 # and `launch SCRIPT ARGS...` = torchrun on this machine (single node: a
 # fresh free MASTER_PORT per run unless the user set one; NUM_NODES > 1: c10d rendezvous at
 # MASTER_ADDR:MASTER_PORT, both required, one rendezvous id per run).
@@ -13,8 +13,7 @@ if [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO_ROOT}/.venv/bin/python" ]]; then
     export PATH="${REPO_ROOT}/.venv/bin:${PATH}"
 fi
 
-# sample_types SET: the sample types of a data set name (f, r, m; fwdrev/sets.py), space-separated.
-sample_types() {
+set_sample_types() {  # set_sample_types SET: the --sample_types value of f, r or m (fwdrev/sets.py)
     python -m fwdrev.sets sample_types "$1"
 }
 
