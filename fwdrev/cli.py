@@ -1,4 +1,5 @@
-"""How every CLI ends on bad input: one clear message and exit code 2, not a traceback."""
+"""How every CLI ends: bad input -> one clear message and exit code 2, not a traceback; a torchrun
+process -> os._exit(0) after its main returns; and a script never runs another checkout's fwdrev."""
 
 from __future__ import annotations
 
