@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# LoRA-DPO for several base models in a row, one torchrun job each.
+# DPO for several base models in a row, one torchrun job each, with one recipe.
 #
-# Reference run (the study): Qwen2.5-7B-Instruct SFT checkpoints on 4 GPUs, ZeRO-3 with CPU
-# offload, lr 5e-7 cosine, 50 steps, batch 1 x grad-accum 4 per GPU, LoRA r=256 alpha=512,
-# sequences up to 20,000 tokens, bf16 + flash attention + gradient checkpointing.
+# The hyper-parameters are in the recipe (recipes/dpo/RECIPE.yaml), not here:
+#   RECIPE=lora      (default) LoRA r=256/alpha=512, lr 5e-6 cosine, 50 steps, a checkpoint every 7,
+#                    global batch 16
+#   RECIPE=original  what the original run executed: full fine-tuning with a frozen reference,
+#                    lr 5e-7 under DeepSpeed's WarmupDecayLR, 50 steps, global batch 16, 7 checkpoints
+# Reference run (the study): Qwen2.5-7B-Instruct SFT models on 4 GPUs, sequences up to 20,000
+# tokens, bf16 + flash attention + gradient checkpointing.
 #
 # Edit the paths below (or: sed -i 's#./models/your_base_model#/data/qwen7b#' this file),
 # or override any of them from the environment:
 #   MODEL_PATHS="./models/a ./models/b" DATA_PATH=/data/x_split/train.parquet bash dpo/7b-train_multiple_base_models.sh
+# One-off overrides of the recipe go in EXTRA_ARGS (e.g. EXTRA_ARGS="--max_steps 100").
 
 # ---- what a user changes ------------------------------------------------------------------
 MODEL_PATHS="${MODEL_PATHS:-./models/your_base_model}"      # space-separated list
@@ -15,16 +20,7 @@ MODEL_NAMES="${MODEL_NAMES:-}"                               # optional, same or
 DATA_PATH="${DATA_PATH:-./data/split/train.parquet}"      # train split of scripts/prepare_data.py
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
 SAMPLE_TYPES="${SAMPLE_TYPES:-}"                             # e.g. original,flipped (default: all rows)
-MAX_STEPS="${MAX_STEPS:-50}"
-LEARNING_RATE="${LEARNING_RATE:-5e-7}"
-WARMUP_STEPS="${WARMUP_STEPS:-20}"
-MAX_LENGTH="${MAX_LENGTH:-20000}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"   # empty: min(2048, MAX_LENGTH / 2)
-GRAD_ACCUM="${GRAD_ACCUM:-4}"
-LORA_R="${LORA_R:-256}"
-LORA_ALPHA="${LORA_ALPHA:-512}"
-BETA="${BETA:-0.1}"
-SAVE_STEPS="${SAVE_STEPS:-10}"
+RECIPE="${RECIPE:-lora}"                                     # lora or original (recipes/dpo/), or a YAML path
 EXTRA_ARGS="${EXTRA_ARGS:-}"                                 # any further combined_dpo.py flags
 # Each model trains into OUTPUT_ROOT/dpo_NAME, NAME = its parent and own folder name
 # (./outputs/sft_f/merged -> dpo_sft_f-merged). A folder that already holds a trained run is
@@ -35,7 +31,11 @@ EXTRA_ARGS="${EXTRA_ARGS:-}"                                 # any further combi
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
 cd "${REPO_ROOT}"
 
-choose_precision configs/ds_config_zero3.json  # LoRA: no offload needed (ds_config_zero3_10k.json offloads to CPU)
+if [[ "${RECIPE}" == original ]]; then  # full fine-tuning of 7B: optimizer state offloaded to CPU
+    choose_precision configs/ds_config_zero3_10k.json
+else  # LoRA: the optimizer state is small, no offload needed
+    choose_precision configs/ds_config_zero3.json
+fi
 
 run_name() {  # run_name MODEL_PATH: PARENT-FOLDER, e.g. ./outputs/sft_f/merged -> sft_f-merged
     local path
@@ -72,13 +72,7 @@ for i in "${!models[@]}"; do
     if run_logged "${log_file}" launch dpo/combined_dpo.py \
         --model_name "${model}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
         ${SAMPLE_TYPES:+--sample_types "${SAMPLE_TYPES}"} \
-        ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} \
-        --max_steps "${MAX_STEPS}" --learning_rate "${LEARNING_RATE}" --lr_scheduler_type cosine \
-        --warmup_steps "${WARMUP_STEPS}" --per_device_train_batch_size 1 \
-        --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
-        ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --beta "${BETA}" \
-        --lora_r "${LORA_R}" --lora_alpha "${LORA_ALPHA}" --lora_dropout 0.05 \
-        --save_steps "${SAVE_STEPS}" --logging_steps 1 ${EXTRA_ARGS}; then
+        --config "${RECIPE}" ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} ${EXTRA_ARGS}; then
         echo "    done"
     else
         failed+=("${name}")

@@ -1,11 +1,13 @@
 """LoRA-DPO: y+ (the trace whose direction matches the question) vs. y- (the opposite direction).
 
-Multi-GPU (DeepSpeed ZeRO-3, CPU offload):
-    torchrun --nproc_per_node=4 dpo/combined_dpo.py \
-        --model_name ./models/your_base_model --train_file_path ./data/your_dataset.parquet \
-        --output_dir ./outputs/dpo --deepspeed configs/ds_config_zero3_10k.json \
-        --bf16 --use_flash_attention --gradient_checkpointing \
-        --max_steps 50 --learning_rate 5e-7 --max_length 20000
+The hyper-parameters come from a recipe, recipes/dpo/lora.yaml unless --config names another
+(--config original: the original run's full fine-tuning); flags given here override it.
+
+Multi-GPU (DeepSpeed ZeRO-3):
+    torchrun --nproc_per_node=4 dpo/combined_dpo.py --config lora \
+        --model_name ./outputs/sft_m --train_file_path ./data/split/train.parquet \
+        --output_dir ./outputs/dpo_m --deepspeed configs/ds_config_zero3.json \
+        --bf16 --use_flash_attention --gradient_checkpointing
 
 CPU smoke run (tiny model, 2 processes, gloo):
     torchrun --nproc_per_node=2 dpo/combined_dpo.py --model_name ./models/tiny-qwen \

@@ -15,7 +15,9 @@ Two input shapes are accepted:
 Plain ``flipped`` rows are prompted with ``flipped_prompt_field`` (``relevant-question``, the
 reverse question in the study's schema) when the file has that column, like the embedded shape.
 
-Every excluded or adjusted row is counted in a ``DataReport`` with its row indices.
+Every excluded or adjusted row is counted in a ``DataReport`` with its row indices. Loading runs in
+three steps: the rows with unusable values, per reason (``fwdrev.data_checks``); one row -> one
+example or the reason it is excluded (``_split_row``); the report.
 """
 
 from __future__ import annotations
@@ -28,17 +30,14 @@ from typing import Sequence
 
 import pandas as pd
 
+from fwdrev.data_checks import (Columns, DataValidationError, invalid_values, plain_prompt_columns, preview,
+                                raise_unless_dropped, rows_by_reason, select_sample_types)
 from fwdrev.io import write_json
 
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 IM_END = "<|im_end|>"
 CHAT_MARKERS = re.compile(r"(<\|im_start\|>|<\|im_end\|>)")
 FALLBACK_PROMPT_TEMPLATE = "### Question:\n{question}\n\n### Answer:\n"
-MAX_INDICES_IN_MESSAGE = 20
-
-
-class DataValidationError(ValueError):
-    """Bad input data; the message names the file, the column and the offending rows."""
 
 
 @dataclass
@@ -79,7 +78,7 @@ class DataReport:
                               ("truncated", self.truncated)):
             for reason, rows in groups.items():
                 if rows:
-                    lines.append(f"  {title} ({reason}): {len(rows)} rows {_preview(rows)}")
+                    lines.append(f"  {title} ({reason}): {len(rows)} rows {preview(rows)}")
         return "\n".join(lines)
 
 
@@ -143,6 +142,18 @@ def parse_sample_types(value: str | Sequence[str] | None) -> list[str] | None:
     return None if not values or values == ["all"] else values
 
 
+WHITESPACE_PROMPTS = "prompts differ only in white space; chosen prompt used"
+
+
+@dataclass
+class RowResult:
+    """One source row made into an example, or the reason it is excluded; plus how it was adjusted."""
+
+    example: PreferenceExample | None
+    excluded: str | None = None
+    adjusted: list[str] = field(default_factory=list)
+
+
 def load_preference_data(
     path: str | Path,
     prompt_field: str = "question",
@@ -161,139 +172,96 @@ def load_preference_data(
     ``rejected_field=None`` loads prompt + chosen only (SFT data); ``rejected`` is then "".
     Plain ``flipped`` rows are prompted with ``flipped_prompt_field`` when the file has it.
     """
+    columns = Columns(prompt_field, chosen_field, rejected_field, flipped_prompt_field)
     frame = read_table(path)
     total_rows = len(frame)
-    wanted_types = parse_sample_types(sample_types)
-    response_fields = [chosen_field] if rejected_field is None else [chosen_field, rejected_field]
-    _require_columns(frame, path, response_fields)
-    if wanted_types is not None:
-        _require_columns(frame, path, ["sample_type"])
-        present = set(frame["sample_type"].dropna().astype(str))
-        missing = [t for t in wanted_types if t not in present]
-        if missing:
-            raise DataValidationError(
-                f"{path}: column 'sample_type' has no rows with value(s) {missing}; "
-                f"present values: {sorted(present)}"
-            )
-        frame = frame[frame["sample_type"].isin(wanted_types)]
-
+    frame = select_sample_types(frame, path, columns, parse_sample_types(sample_types))
     shape = _detect_shape(frame[chosen_field])
-    report = DataReport(path=str(path), shape=shape, total_rows=total_rows, selected_rows=len(frame))
-    prompt_fields = None
-    if shape == "plain":
-        _require_columns(frame, path, [prompt_field])
-        prompt_fields = _plain_prompt_fields(frame, prompt_field, flipped_prompt_field)
-    problems = _value_problems(frame, response_fields, prompt_fields)
+    prompt_columns = plain_prompt_columns(frame, path, columns) if shape == "plain" else None
+    problems = invalid_values(frame, columns, prompt_columns)
     bad_rows = {i for rows in problems.values() for i in rows}
-    identical = [int(i) for i, row in frame.iterrows() if rejected_field is not None
-                 and i not in bad_rows and row[chosen_field] == row[rejected_field]]
-    if identical:
-        problems[f"columns '{chosen_field}' and '{rejected_field}': chosen identical to rejected"] = identical
-    bad_rows |= set(identical)
-    rows = [(int(i), row) for i, row in frame.iterrows() if int(i) not in bad_rows]
-    if shape == "plain":
-        examples = _plain_examples(rows, prompt_field, prompt_fields, chosen_field, rejected_field, report)
-    else:
-        examples = _embedded_examples(rows, chosen_field, rejected_field, problems, report)
-
-    if problems and not drop_invalid_rows:
-        details = "\n".join(f"  {reason}: rows {_preview(rows)}" for reason, rows in problems.items())
-        raise DataValidationError(
-            f"{path}: {sum(map(len, problems.values()))} invalid rows "
-            f"(pass --drop_invalid_rows to exclude them instead):\n{details}"
-        )
-    report.excluded = {reason: sorted(rows) for reason, rows in problems.items()}
+    results = {int(i): _split_row(int(i), row, columns, prompt_columns)
+               for i, row in frame.iterrows() if int(i) not in bad_rows}
+    problems.update(rows_by_reason(((i, r.excluded) for i, r in results.items() if r.excluded),
+                                   _exclusion_order(columns)))
+    raise_unless_dropped(path, problems, drop_invalid_rows)
+    examples = [r.example for r in results.values() if r.example is not None]
+    adjusted = rows_by_reason(((i, reason) for i, r in results.items() for reason in r.adjusted),
+                              _adjustment_order(columns))
+    report = DataReport(path=str(path), shape=shape, total_rows=total_rows, selected_rows=len(frame),
+                        used_rows=len(examples), sample_type_counts=_count_sample_types(examples),
+                        excluded={reason: sorted(rows) for reason, rows in problems.items()},
+                        adjusted=adjusted)
     if not examples:
         raise DataValidationError(f"{path}: no usable rows left\n{report.summary()}")
     if tokenizer is not None:
         examples = render_plain_prompts(examples, tokenizer)
-    report.used_rows = len(examples)
-    report.sample_type_counts = _count_sample_types(examples)
-    used = frame.loc[[e.example_id for e in examples]]
-    return PreferenceData(examples=examples, report=report, frame=used)
+    return PreferenceData(examples=examples, report=report, frame=frame.loc[[e.example_id for e in examples]])
 
 
-def _plain_prompt_fields(frame: pd.DataFrame, prompt_field: str,
-                         flipped_prompt_field: str | None) -> dict[int, str]:
-    """Row index -> the column that holds its plain prompt (flipped rows: the reverse question)."""
-    use_flipped = bool(flipped_prompt_field) and flipped_prompt_field in frame.columns \
-        and "sample_type" in frame.columns
-    return {int(i): flipped_prompt_field if use_flipped and row.get("sample_type") == "flipped"
-            else prompt_field for i, row in frame.iterrows()}
+def _split_row(i: int, row: pd.Series, columns: Columns,
+               prompt_columns: dict[int, str] | None) -> RowResult:
+    """One row -> its example: embedded rows are split at the assistant header, plain rows are not."""
+    if prompt_columns is None:
+        return _embedded_row(i, row, columns)
+    return _plain_row(i, row, columns, prompt_columns[i])
 
 
-def _value_problems(frame: pd.DataFrame, response_fields: list[str],
-                    prompt_fields: dict[int, str] | None) -> dict[str, list[int]]:
-    """Missing, empty or non-string values: reason naming the column -> row indices."""
-    cells = {column: list(frame.index) for column in response_fields}
-    for i, column in (prompt_fields or {}).items():  # plain rows: only the prompt column they use
-        cells.setdefault(column, []).append(i)
-    problems: dict[str, list[int]] = {}
-    for column in sorted(cells, key=lambda c: c in response_fields):  # prompt columns first
-        bad = [int(i) for i in cells[column] if not _is_nonempty_string(frame.at[i, column])]
-        if bad:
-            problems[f"column '{column}': missing, empty or non-string value"] = bad
-    return problems
+def _plain_row(i: int, row: pd.Series, columns: Columns, prompt_column: str) -> RowResult:
+    rejected = "" if columns.rejected is None else row[columns.rejected]
+    example = PreferenceExample(i, row[prompt_column], row[columns.chosen], rejected,
+                                _optional_str(row.get("sample_type")), "plain", False)
+    adjusted = [] if prompt_column == columns.prompt else [_flipped_prompt_reason(prompt_column)]
+    return RowResult(example, adjusted=adjusted)
 
 
-def _plain_examples(rows, prompt_field: str, prompt_fields: dict[int, str], chosen_field: str,
-                    rejected_field: str | None, report: DataReport) -> list[PreferenceExample]:
-    examples, other_prompt = [], []
-    for i, row in rows:
-        rejected = "" if rejected_field is None else row[rejected_field]
-        if prompt_fields[i] != prompt_field:
-            other_prompt.append(i)
-        examples.append(PreferenceExample(i, row[prompt_fields[i]], row[chosen_field], rejected,
-                                          _optional_str(row.get("sample_type")), "plain", False))
-    if other_prompt:
-        column = prompt_fields[other_prompt[0]]
-        report.adjusted[f"flipped rows prompted with column '{column}' (the reverse question)"] = other_prompt
-    return examples
+def _embedded_row(i: int, row: pd.Series, columns: Columns) -> RowResult:
+    """Split both conversations at the last assistant header; both sides must share the prompt."""
+    chosen_split = split_embedded(row[columns.chosen])
+    if columns.rejected is None:  # SFT data: no rejected response, same prompt
+        rejected_split = None if chosen_split is None else (chosen_split[0], "")
+    else:
+        rejected_split = split_embedded(row[columns.rejected])
+    if chosen_split is None or rejected_split is None:
+        return RowResult(None, excluded=_no_header_reason(columns))
+    (prompt, chosen), (rejected_prompt, rejected) = chosen_split, rejected_split
+    adjusted = []
+    if prompt != rejected_prompt:
+        if _squash_whitespace(prompt) != _squash_whitespace(rejected_prompt):
+            return RowResult(None, excluded=_prompt_mismatch_reason(columns))
+        adjusted.append(WHITESPACE_PROMPTS)  # keep the chosen response's prompt
+    responses = [strip_after_final_im_end(response) for response in (chosen, rejected)]
+    adjusted += [_trailing_reason(column) for column, before, after
+                 in zip(columns.responses, (chosen, rejected), responses) if after != before]
+    example = PreferenceExample(i, prompt, *responses, _optional_str(row.get("sample_type")))
+    return RowResult(example, adjusted=adjusted)
 
 
-def _embedded_examples(rows, chosen_field: str, rejected_field: str | None,
-                       problems: dict[str, list[int]], report: DataReport) -> list[PreferenceExample]:
-    """Split each conversation at the last assistant header; both sides must share the prompt."""
-    examples: list[PreferenceExample] = []
-    no_header, prompt_mismatch, whitespace_adjusted = [], [], []
-    trailing = {"chosen": [], "rejected": []}
-    for i, row in rows:
-        chosen_split = split_embedded(row[chosen_field])
-        if rejected_field is None:  # SFT data: no rejected response, same prompt
-            rejected_split = None if chosen_split is None else (chosen_split[0], "")
-        else:
-            rejected_split = split_embedded(row[rejected_field])
-        if chosen_split is None or rejected_split is None:
-            no_header.append(i)
-            continue
-        (chosen_prompt, chosen), (rejected_prompt, rejected) = chosen_split, rejected_split
-        if chosen_prompt != rejected_prompt:
-            if _squash_whitespace(chosen_prompt) != _squash_whitespace(rejected_prompt):
-                prompt_mismatch.append(i)
-                continue
-            whitespace_adjusted.append(i)  # keep the chosen response's prompt
-        responses = {"chosen": chosen, "rejected": rejected}
-        for side, response in responses.items():
-            responses[side] = strip_after_final_im_end(response)
-            if responses[side] != response:
-                trailing[side].append(i)
-        examples.append(PreferenceExample(i, chosen_prompt, responses["chosen"], responses["rejected"],
-                                          _optional_str(row.get("sample_type"))))
-    response_fields = [chosen_field] if rejected_field is None else [chosen_field, rejected_field]
-    if no_header:
-        named = "/".join(f"'{column}'" for column in response_fields)
-        problems[f"column(s) {named}: embedded conversation without "
-                 f"an assistant header {ASSISTANT_HEADER!r}"] = no_header
-    if prompt_mismatch:
-        problems[f"columns '{chosen_field}'/'{rejected_field}': the two conversations have "
-                 "different prompts"] = prompt_mismatch
-    if whitespace_adjusted:
-        report.adjusted["prompts differ only in white space; chosen prompt used"] = whitespace_adjusted
-    for side, column in zip(("chosen", "rejected"), response_fields):
-        if trailing[side]:
-            report.adjusted[f"column '{column}': white space after the final {IM_END} "
-                            "dropped from the response"] = trailing[side]
-    return examples
+def _no_header_reason(columns: Columns) -> str:
+    named = "/".join(f"'{column}'" for column in columns.responses)
+    return f"column(s) {named}: embedded conversation without an assistant header {ASSISTANT_HEADER!r}"
+
+
+def _prompt_mismatch_reason(columns: Columns) -> str:
+    return f"columns '{columns.chosen}'/'{columns.rejected}': the two conversations have different prompts"
+
+
+def _trailing_reason(column: str) -> str:
+    return f"column '{column}': white space after the final {IM_END} dropped from the response"
+
+
+def _flipped_prompt_reason(column: str) -> str:
+    return f"flipped rows prompted with column '{column}' (the reverse question)"
+
+
+def _exclusion_order(columns: Columns) -> list[str]:
+    return [_no_header_reason(columns), _prompt_mismatch_reason(columns)]
+
+
+def _adjustment_order(columns: Columns) -> list[str]:
+    """Report order: plain rows' prompt column; embedded rows' prompt, then each response column."""
+    flipped = [_flipped_prompt_reason(columns.flipped_prompt)] if columns.flipped_prompt else []
+    return flipped + [WHITESPACE_PROMPTS] + [_trailing_reason(column) for column in columns.responses]
 
 
 def render_plain_prompts(examples: list[PreferenceExample], tokenizer) -> list[PreferenceExample]:
@@ -308,18 +276,6 @@ def render_plain_prompts(examples: list[PreferenceExample], tokenizer) -> list[P
 def _detect_shape(chosen: pd.Series) -> str:
     has_header = chosen.map(lambda v: isinstance(v, str) and ASSISTANT_HEADER in v)
     return "embedded" if bool(has_header.any()) else "plain"
-
-
-def _require_columns(frame: pd.DataFrame, path, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataValidationError(
-            f"{path}: missing column(s) {missing}; available columns: {list(frame.columns)}"
-        )
-
-
-def _is_nonempty_string(value) -> bool:
-    return isinstance(value, str) and value.strip() != ""
 
 
 def _optional_str(value) -> str | None:
@@ -339,9 +295,3 @@ def _count_sample_types(examples: list[PreferenceExample]) -> dict[str, int]:
         key = example.sample_type or "unknown"
         counts[key] = counts.get(key, 0) + 1
     return counts
-
-
-def _preview(rows: list[int]) -> str:
-    shown = ", ".join(map(str, rows[:MAX_INDICES_IN_MESSAGE]))
-    more = f", ... ({len(rows)} in all)" if len(rows) > MAX_INDICES_IN_MESSAGE else ""
-    return f"[{shown}{more}]"

@@ -20,7 +20,8 @@ or are excluded and reported with ``--drop_invalid_rows``.
 
 from __future__ import annotations
 
-from fwdrev.data import DataValidationError, PreferenceData, _preview
+from fwdrev.data import DataValidationError, PreferenceData
+from fwdrev.data_checks import preview
 from fwdrev.tokenization import TokenizedPair
 
 SCORINGS = ("response", "original")
@@ -87,7 +88,7 @@ def _record(data: PreferenceData, problems: dict[str, list[int]], cut: list[int]
     """Fail on problem rows (or exclude them and report); report the completions cut."""
     report = data.report
     if problems and not drop_invalid_rows:
-        details = "\n".join(f"  {reason}: rows {_preview(rows)}" for reason, rows in problems.items())
+        details = "\n".join(f"  {reason}: rows {preview(rows)}" for reason, rows in problems.items())
         raise DataValidationError(f"{report.path}: {sum(map(len, problems.values()))} rows cannot "
                                   "be scored with --scoring original (pass --drop_invalid_rows to "
                                   f"exclude them instead):\n{details}")

@@ -49,6 +49,7 @@ OUT="${QUICKSTART_OUT%/}"
 DATA="${OUT}/data"
 RESULTS="${OUT}/analysis"
 mkdir -p "${OUT}"
+# The recipes (recipes/sft/s1.yaml, recipes/dpo/lora.yaml) with the tiny run's sizes on top:
 COMMON=(--max_length "${MAX_LENGTH}" --max_prompt_length 128 --lora_r "${LORA_R}"
         --lora_alpha "${LORA_ALPHA}" --lora_dropout 0.0 --deepspeed "${DS_CONFIG}"
         --logging_steps 5 --report_to tensorboard --seed 0
@@ -64,42 +65,44 @@ fi
 python scripts/prepare_data.py --input "${SOURCE_DATA}" --output_dir "${DATA}" \
     --test_groups "${TEST_PROBLEMS}" --train_groups "${TRAIN_PROBLEMS}"
 
-declare -A SAMPLE_TYPES=([f]=original [r]=flipped [m]=original,flipped)
-for set in f r m; do
-    banner "SFT on D_${set} (${SAMPLE_TYPES[$set]}), ${SFT_EPOCHS} epochs"
-    launch scripts/sft.py --model_name "${MODEL_DIR}" --train_file_path "${DATA}/train.parquet" \
-        --sample_types "${SAMPLE_TYPES[$set]}" --output_dir "${OUT}/sft_${set}" \
-        --num_train_epochs "${SFT_EPOCHS}" --learning_rate "${SFT_LR}" \
-        --per_device_train_batch_size "${SFT_BATCH}" --warmup_steps 0.05 --no_use_lora "${COMMON[@]}"
-done
+sft() {  # sft SET SAMPLE_TYPES: full-parameter SFT, s1's recipe with the tiny run's sizes
+    banner "SFT on D_$1 ($2), ${SFT_EPOCHS} epochs"
+    launch scripts/sft.py --config s1 --model_name "${MODEL_DIR}" --train_file_path "${DATA}/train.parquet" \
+        --sample_types "$2" --output_dir "${OUT}/sft_$1" --num_train_epochs "${SFT_EPOCHS}" \
+        --learning_rate "${SFT_LR}" --per_device_train_batch_size "${SFT_BATCH}" \
+        --gradient_accumulation_steps 1 "${COMMON[@]}"
+}
+sft f original
+sft r flipped
+sft m original,flipped
 
 SFT_M_MODEL="${OUT}/sft_m/checkpoints/${SFT_EPOCHS}"
 banner "LoRA-DPO on D_m from the D_m SFT model, ${DPO_STEPS} steps"
-launch dpo/combined_dpo.py --model_name "${SFT_M_MODEL}" \
+launch dpo/combined_dpo.py --config lora --model_name "${SFT_M_MODEL}" \
     --train_file_path "${DATA}/train.parquet" --output_dir "${OUT}/dpo_m" \
     --max_steps "${DPO_STEPS}" --save_steps "${DPO_SAVE_STEPS}" --learning_rate "${DPO_LR}" \
     --warmup_steps 0 --per_device_train_batch_size "${DPO_BATCH}" --gradient_accumulation_steps 1 \
     --eval_size 0 --probe_every "${DPO_SAVE_STEPS}" --probe_size 8 "${COMMON[@]}"
 
-for run in sft_f sft_r sft_m dpo_m; do
-    set_name="${run#*_}"
-    stage="${run%_*}"
-    banner "log-probs of y+ and y- on T_f and T_r: ${run} checkpoints"
-    base="${MODEL_DIR}"
-    if [[ ${stage} == dpo ]]; then base="${SFT_M_MODEL}"; fi  # DPO checkpoints are adapters on it
-    launch analysis/analyze_training_dynamics.py --base_model "${base}" \
-        --checkpoint_dir "${OUT}/${run}$([[ ${stage} == sft ]] && echo /checkpoints)" \
-        --dataset_path "${DATA}/test.parquet" --output_dir "${RESULTS}/${set_name}/${stage}" \
-        --stage "${stage}" --max_length "${MAX_LENGTH}" --max_prompt_length 128
-done
+score() {  # score RUN_DIR OUTPUT_DIR: every checkpoint of a run (models on their recorded base)
+    banner "log-probs of y+ and y- on T_f and T_r: $1"
+    launch analysis/analyze_training_dynamics.py --checkpoint_dir "$1" \
+        --dataset_path "${DATA}/test.parquet" --output_dir "$2" \
+        --max_length "${MAX_LENGTH}" --max_prompt_length 128
+}
+score "${OUT}/sft_f" "${RESULTS}/f/sft"
+score "${OUT}/sft_r" "${RESULTS}/r/sft"
+score "${OUT}/sft_m" "${RESULTS}/m/sft"
+score "${OUT}/dpo_m" "${RESULTS}/m/dpo"
 
 banner "answer accuracy on T_f and T_r, before and after"
-python analysis/evaluate_answers.py --model_path "${MODEL_DIR}" --dataset_path "${DATA}/test.parquet" \
-    --output_dir "${OUT}/answers/base" --max_new_tokens "${MAX_NEW_TOKENS}"
+answers() {  # answers MODEL NAME
+    python analysis/evaluate_answers.py --model_path "$1" --dataset_path "${DATA}/test.parquet" \
+        --output_dir "${OUT}/answers/$2" --max_new_tokens "${MAX_NEW_TOKENS}"
+}
+answers "${MODEL_DIR}" base
 for run in sft_f sft_r sft_m dpo_m; do
-    python analysis/evaluate_answers.py --model_path "${OUT}/${run}" --base_model "${SFT_M_MODEL}" \
-        --dataset_path "${DATA}/test.parquet" --output_dir "${OUT}/answers/${run}" \
-        --max_new_tokens "${MAX_NEW_TOKENS}"
+    answers "${OUT}/${run}" "${run}"
 done
 
 banner "figures"

@@ -1,11 +1,14 @@
 """SFT on the preferred responses (y+ = `text`) of a preference file, loss on the assistant part only.
 
+The hyper-parameters come from a recipe, recipes/sft/s1.yaml (s1's full fine-tuning) unless
+--config names another (--config lora); flags given here override it.
+
 Multi-GPU (DeepSpeed ZeRO-3), e.g. the forward set D_f (`--sample_types flipped` = D_r,
 `original,flipped` = D_m):
-    torchrun --nproc_per_node=4 scripts/sft.py \
-        --model_name ./models/your_base_model --train_file_path ./data/your_dataset.parquet \
+    torchrun --nproc_per_node=4 scripts/sft.py --config s1 \
+        --model_name ./models/your_base_model --train_file_path ./data/split/train.parquet \
         --output_dir ./outputs/sft_f --sample_types original --deepspeed configs/ds_config_zero3.json \
-        --use_flash_attention --gradient_checkpointing --max_length 20000
+        --bf16 --use_flash_attention --gradient_checkpointing
 
 CPU smoke run (tiny model, 2 processes, gloo):
     torchrun --nproc_per_node=2 scripts/sft.py --model_name ./models/tiny-qwen \

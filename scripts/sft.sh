@@ -2,28 +2,27 @@
 # SFT on the preferred responses (y+ = `text`) of the forward, reverse and mixed sets, one
 # torchrun job each: D_f (sample_type original), D_r (flipped), D_m (both).
 #
+# The hyper-parameters are in the recipe (recipes/sft/RECIPE.yaml), not here:
+#   RECIPE=s1    (default) s1's full fine-tuning: lr 1e-5 cosine, 5% warm-up, weight decay 1e-4,
+#                Adam betas (0.9, 0.95), global batch 16, 6 epochs with a checkpoint after each
+#   RECIPE=lora  the same schedule with a LoRA adapter (r=256, alpha=512) at lr 1e-4
 # Reference run (the paper's numbers): Qwen2.5-7B-Instruct on s1K-style data (chat-formatted
-# think + answer traces), 6 epochs with a checkpoint after each, s1's recipe: lr 1e-5 cosine,
-# warmup 5%, weight decay 1e-4, Adam betas (0.9, 0.95), bf16, loss on the assistant part only,
-# sequences up to 20,000 tokens, ZeRO-3 + flash attention + gradient checkpointing:
+# think + answer traces), loss on the assistant part only, sequences up to 20,000 tokens, bf16,
+# ZeRO-3 + flash attention + gradient checkpointing:
 #   MODEL_PATH=./models/Qwen2.5-7B-Instruct DATA_PATH=./data/split/train.parquet \
 #   bash scripts/sft.sh
-# Then DPO from an SFT checkpoint: see dpo/combined_dpo.py (--model_name OUTPUT/merged).
+# Then DPO from an SFT model: dpo/7b-train_multiple_base_models.sh (MODEL_PATHS=OUTPUT/sft_m/merged).
 #
 # Edit the paths below or override any of them from the environment, e.g.
-#   TRAIN_SETS="f" EPOCHS=2 EXTRA_ARGS="--merge_weights" bash scripts/sft.sh
+#   TRAIN_SETS="f" EXTRA_ARGS="--num_train_epochs 2 --merge_weights" bash scripts/sft.sh
 
 # ---- what a user changes ------------------------------------------------------------------
 MODEL_PATH="${MODEL_PATH:-./models/your_base_model}"
 DATA_PATH="${DATA_PATH:-./data/split/train.parquet}"  # train split of scripts/prepare_data.py
 OUTPUT_ROOT="${OUTPUT_ROOT:-./outputs/}"
 TRAIN_SETS="${TRAIN_SETS:-f r m}"        # f = D_f (original), r = D_r (flipped), m = D_m (both)
-EPOCHS="${EPOCHS:-6}"
-LR="${LR:-1e-5}"
-MAX_LENGTH="${MAX_LENGTH:-20000}"
-MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"   # empty: min(2048, MAX_LENGTH / 2)
-GRAD_ACCUM="${GRAD_ACCUM:-1}"
-EXTRA_ARGS="${EXTRA_ARGS:-}"            # any further scripts/sft.py flags (--no_use_lora, --merge_weights)
+RECIPE="${RECIPE:-s1}"                  # s1 or lora (recipes/sft/), or a YAML path
+EXTRA_ARGS="${EXTRA_ARGS:-}"            # any further scripts/sft.py flags (--merge_weights, --num_train_epochs 2)
 # OUTPUT_ROOT/sft_<set> already holding a trained run is refused (exit 2): use a new OUTPUT_ROOT
 # per base model, or EXTRA_ARGS="--resume_from_checkpoint latest" to continue (finished runs are skipped).
 # DS_CONFIG: DeepSpeed config (default below, by device); set it empty to run without DeepSpeed.
@@ -60,10 +59,8 @@ for train_set in ${TRAIN_SETS}; do
     # shellcheck disable=SC2086  # PRECISION_ARGS and EXTRA_ARGS are flag lists
     if run_logged "${log_file}" launch scripts/sft.py \
         --model_name "${MODEL_PATH}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
-        --sample_types "${sample_types}" ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} \
-        --num_train_epochs "${EPOCHS}" --learning_rate "${LR}" \
-        --gradient_accumulation_steps "${GRAD_ACCUM}" --max_length "${MAX_LENGTH}" \
-        ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} ${EXTRA_ARGS}; then
+        --sample_types "${sample_types}" --config "${RECIPE}" \
+        ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} ${EXTRA_ARGS}; then
         echo "    done: ${output_dir}/checkpoints/"
     else
         failed+=("${train_set}")

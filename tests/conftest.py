@@ -1,12 +1,13 @@
 """Shared pytest fixtures (keep each one small and documented)."""
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from hypothesis import settings
+
+from helpers import REPO_ROOT
 
 # Property tests draw the same examples on every run, so CI is reproducible; run with
 # HYPOTHESIS_PROFILE=explore to draw fresh random examples (and ten times as many).
@@ -14,9 +15,8 @@ settings.register_profile("ci", derandomize=True, deadline=None, max_examples=20
 settings.register_profile("explore", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real example lives outside the repo (../shared/data) and is never copied into it.
-SHARED_SAMPLE_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "data-100samples.parquet"
+SHARED_SAMPLE_PATH = REPO_ROOT.parent / "shared" / "data" / "data-100samples.parquet"
 
 
 @pytest.fixture(scope="session")
@@ -43,38 +43,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return output_dir
 
 
-def script_env(**extra) -> dict:
-    """Environment for running the project's scripts in a subprocess (CPU, shared op cache)."""
-    import os
+@pytest.fixture
+def one_thread():
+    """Compute in-process on one thread: on a busy 2-core machine spinning OpenMP threads cost 10x."""
+    import torch
 
-    env = dict(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only oversubscribe the cores
-    env.update({key: str(value) for key, value in extra.items()})
-    return env
-
-
-def free_port() -> int:
-    """A free TCP port for torchrun (its --master_port=0 does not work with static rendezvous)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def torchrun_command(procs: int) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
-            f"--master_port={free_port()}"]
-
-
-def load_script(folder: str, name: str):
-    """Import <folder>/<name>.py of the repo as a module, to call its functions in-process."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

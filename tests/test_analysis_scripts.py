@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_script, script_env
+from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
 from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS
@@ -153,7 +153,7 @@ def test_prompt_length_not_below_max_length_exits_with_code_2(tiny_model_dir, ru
                              "--max_length", "256", "--max_prompt_length", "300"],
                             cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--max_prompt_length 300 and --max_length 256" in result.stderr
+    assert_mentions(result.stderr, "--max_prompt_length 300", "--max_length 256")
 
 
 @pytest.mark.parametrize("max_length, expected", [(512, 256), (20000, 2048), (4097, 2048)])
@@ -174,22 +174,47 @@ def test_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, exp
 LAUNCHERS = {  # launcher -> the environment that makes it reach torchrun
     "analysis/run_dpo_analysis.sh": {"MODEL_PATH": "{d}", "DATASET_PATH": "{d}"},
     "analysis/run_training_dynamics.sh": {"BASE_MODEL": "{d}", "CHECKPOINT_DIR": "{d}", "DATASET_PATH": "{d}"},
-    "scripts/sft.sh": {"MODEL_PATH": "{d}", "DATA_PATH": "{d}", "TRAIN_SETS": "f", "OUTPUT_ROOT": "{d}/o",
-                       "DS_CONFIG": ""},
-    "dpo/7b-train_multiple_base_models.sh": {"MODEL_PATHS": "{d}", "DATA_PATH": "{d}", "OUTPUT_ROOT": "{d}/o",
-                                             "DS_CONFIG": ""},
 }
+TRAINING_LAUNCHERS = {  # launcher -> (environment that reaches torchrun, default recipe)
+    "scripts/sft.sh": ({"MODEL_PATH": "{d}", "DATA_PATH": "{d}", "TRAIN_SETS": "f", "OUTPUT_ROOT": "{d}/o",
+                        "DS_CONFIG": ""}, "s1"),
+    "dpo/7b-train_multiple_base_models.sh": ({"MODEL_PATHS": "{d}", "DATA_PATH": "{d}", "OUTPUT_ROOT": "{d}/o",
+                                              "DS_CONFIG": ""}, "lora"),
+}
+
+
+def fake_torchrun_env(tmp_path, environment: dict) -> dict:
+    """The launcher's environment with a torchrun on PATH that appends its arguments to tmp_path/args."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    fake_torchrun = tmp_path / "bin" / "torchrun"
+    fake_torchrun.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
+    fake_torchrun.chmod(0o755)
+    env = {k: v.format(d=tmp_path) for k, v in environment.items()}
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    return env
+
+
+@pytest.mark.parametrize("launcher", sorted(TRAINING_LAUNCHERS))
+def test_training_launchers_pass_a_recipe_and_paths_only(launcher, tmp_path):
+    environment, default_recipe = TRAINING_LAUNCHERS[launcher]
+    env = fake_torchrun_env(tmp_path, environment)
+    for recipe, extra in ((None, ""), ("original" if default_recipe == "lora" else "lora", "--max_steps 3")):
+        (tmp_path / "args").unlink(missing_ok=True)
+        run_env = script_env(**env, EXTRA_ARGS=extra, **({"RECIPE": recipe} if recipe else {}))
+        result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                                env=run_env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        args = (tmp_path / "args").read_text().split()
+        assert args[args.index("--config") + 1] == (recipe or default_recipe)
+        hyper_parameters = {"--learning_rate", "--max_steps", "--num_train_epochs", "--lora_r", "--beta",
+                            "--gradient_accumulation_steps", "--save_steps", "--warmup_steps"}
+        assert hyper_parameters & set(args) == ({"--max_steps"} if extra else set())  # only EXTRA_ARGS'
 
 
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_launchers_pass_max_prompt_length_only_when_set(launcher, tmp_path):
     """MAX_PROMPT_LENGTH used to default to 2048, so MAX_LENGTH=512 alone always exited 2."""
-    (tmp_path / "bin").mkdir()
-    fake_torchrun = tmp_path / "bin" / "torchrun"
-    fake_torchrun.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
-    fake_torchrun.chmod(0o755)
-    env = {k: v.format(d=tmp_path) for k, v in LAUNCHERS[launcher].items()}
-    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    env = fake_torchrun_env(tmp_path, LAUNCHERS[launcher])
     for prompt_length, expected in (("", None), ("100", "--max_prompt_length 100")):
         (tmp_path / "args").unlink(missing_ok=True)
         result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
@@ -205,7 +230,8 @@ def test_launchers_check_their_inputs(tmp_path):
         assert subprocess.run(["bash", "-n", f"analysis/{script}"], cwd=REPO_ROOT).returncode == 0
     result = subprocess.run(["bash", "analysis/run_dpo_analysis.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
                             env=script_env(MODEL_PATH=tmp_path / "missing"), timeout=60)
-    assert result.returncode == 1 and f"model not found: {tmp_path / 'missing'}" in result.stderr
+    assert result.returncode == 1
+    assert_mentions(result.stderr, "not found", tmp_path / "missing")
 
 
 def test_checkpoint_discovery_in_both_layouts(runs, tmp_path):
@@ -258,18 +284,18 @@ def test_dynamics_resume_scores_only_the_missing_checkpoints(sft_dynamics, runs,
     dynamics(runs, tiny_model_dir, tmp_path, "--epochs", "1")  # as if interrupted after epoch 1
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["1.part"]
     assert set(pd.read_parquet(tmp_path / "all.parquet")["checkpoint"]) == {"1"}
-    first_part = (tmp_path / "parts" / "1.part").stat().st_mtime_ns
+    first_part = (tmp_path / "parts" / "1.part").read_bytes()
     capsys.readouterr()
 
     dynamics(runs, tiny_model_dir, tmp_path, "--include_base")
-    assert "1 of 4 checkpoints already scored" in capsys.readouterr().out
-    assert (tmp_path / "parts" / "1.part").stat().st_mtime_ns == first_part  # not rescored
+    assert_mentions(capsys.readouterr().out, "1 of 4", "['base', '2', '3']")  # done, and left to score
+    assert (tmp_path / "parts" / "1.part").read_bytes() == first_part
     for name in ("all.parquet", "first50.parquet", "last50.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / name), pd.read_parquet(sft_dynamics / name))
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"), pd.read_csv(sft_dynamics / "summary.csv"))
 
     dynamics(runs, tiny_model_dir, tmp_path, "--include_base")  # nothing left to do
-    assert "4 of 4 checkpoints already scored" in capsys.readouterr().out
+    assert_mentions(capsys.readouterr().out, "4 of 4", "[]")
     assert len(pd.read_parquet(tmp_path / "all.parquet")) == 4 * NUM_ROWS
     with pytest.raises(SystemExit, match="other settings"):
         dynamics(runs, tiny_model_dir, tmp_path, "--max_tokens", "3")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import load_script
+from helpers import load_script
 
 
 

@@ -1,7 +1,5 @@
 """Data loading and validation: both input shapes, every bad-input case, the report."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +7,6 @@ import pytest
 from fwdrev.data import (ASSISTANT_HEADER, DataValidationError, load_preference_data,
                          parse_sample_types, render_prompt)
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "data-100samples.parquet"
 CONVERSATION = ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
                 + ASSISTANT_HEADER + "{r}<|im_end|>\n")
 
@@ -32,17 +29,10 @@ def write(frame, tmp_path, name="d.parquet"):
     return path
 
 
-@pytest.fixture
-def shared_sample():
-    if not SHARED_SAMPLE.is_file():
-        pytest.skip(f"shared real sample not found at {SHARED_SAMPLE}")
-    return SHARED_SAMPLE
-
-
-def test_real_sample_splits_every_row_exactly(shared_sample):
-    data = load_preference_data(shared_sample)
-    frame = pd.read_parquet(shared_sample)
-    adjusted = {i for rows in data.report.adjusted.values() for i in rows}
+def test_real_sample_splits_every_row_exactly(shared_sample_path):
+    data = load_preference_data(shared_sample_path)
+    frame = pd.read_parquet(shared_sample_path)
+    adjusted = set(data.report.adjusted["prompts differ only in white space; chosen prompt used"])
     assert len(adjusted) == 1  # the one row whose two prompts differ in white space only
     assert data.report.shape == "embedded"
     assert len(data.examples) == 100
@@ -63,16 +53,17 @@ def test_embedded_rows_split_into_the_exact_prompt_and_responses(tmp_path):
     first, second = data.examples
     assert first.prompt == ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nq0<|im_end|>\n"
                             "<|im_start|>assistant\n")
-    assert (first.chosen, first.rejected) == ("good 0<|im_end|>\n", "bad 0<|im_end|>\n")
-    assert (second.chosen, second.rejected) == ("good 1<|im_end|>\n", "bad 1<|im_end|>\n")
+    # the white space after the final <|im_end|> is not part of either response
+    assert (first.chosen, first.rejected) == ("good 0<|im_end|>", "bad 0<|im_end|>")
+    assert (second.chosen, second.rejected) == ("good 1<|im_end|>", "bad 1<|im_end|>")
     assert [e.sample_type for e in data.examples] == ["original", "flipped"]
 
 
-def test_real_sample_whitespace_prompt_row_is_accepted_and_reported(shared_sample):
-    data = load_preference_data(shared_sample)
+def test_real_sample_whitespace_prompt_row_is_accepted_and_reported(shared_sample_path):
+    data = load_preference_data(shared_sample_path)
     assert data.report.adjusted["prompts differ only in white space; chosen prompt used"] == [14]
     row = 14
-    frame = pd.read_parquet(shared_sample)
+    frame = pd.read_parquet(shared_sample_path)
     chosen_prompt = frame.loc[row, "text"].rsplit(ASSISTANT_HEADER, 1)[0]
     rejected_prompt = frame.loc[row, "worse-text"].rsplit(ASSISTANT_HEADER, 1)[0]
     assert chosen_prompt != rejected_prompt
@@ -81,9 +72,9 @@ def test_real_sample_whitespace_prompt_row_is_accepted_and_reported(shared_sampl
     assert example.prompt == chosen_prompt + ASSISTANT_HEADER
 
 
-def test_flipped_rows_use_the_reverse_question_from_the_user_turn(shared_sample):
-    data = load_preference_data(shared_sample, sample_types="flipped")
-    frame = pd.read_parquet(shared_sample)
+def test_flipped_rows_use_the_reverse_question_from_the_user_turn(shared_sample_path):
+    data = load_preference_data(shared_sample_path, sample_types="flipped")
+    frame = pd.read_parquet(shared_sample_path)
     assert len(data.examples) == 50
     squash = lambda text: "".join(text.split())  # the real data re-wraps some questions
     matches = 0
@@ -96,8 +87,8 @@ def test_flipped_rows_use_the_reverse_question_from_the_user_turn(shared_sample)
 
 @pytest.mark.parametrize("types,expected", [("original", 50), ("flipped", 50),
                                             ("original,flipped", 100), (None, 100)])
-def test_sample_type_filter_counts(shared_sample, types, expected):
-    data = load_preference_data(shared_sample, sample_types=types)
+def test_sample_type_filter_counts(shared_sample_path, types, expected):
+    data = load_preference_data(shared_sample_path, sample_types=types)
     assert len(data.examples) == expected == data.report.used_rows
     assert data.report.selected_rows == expected and data.report.total_rows == 100
 
@@ -200,10 +191,10 @@ TRAILING_TEXT = "column 'text': white space after the final <|im_end|> dropped f
 TRAILING_WORSE = "column 'worse-text': white space after the final <|im_end|> dropped from the response"
 
 
-def test_real_sample_responses_end_at_im_end_on_both_sides(shared_sample):
+def test_real_sample_responses_end_at_im_end_on_both_sides(shared_sample_path):
     """Every real `text` ends with <|im_end|>\\n and no `worse-text` does: y+ must not score one token more."""
-    data = load_preference_data(shared_sample)
-    frame = pd.read_parquet(shared_sample)
+    data = load_preference_data(shared_sample_path)
+    frame = pd.read_parquet(shared_sample_path)
     assert frame["text"].str.endswith("<|im_end|>\n").all()
     assert not frame["worse-text"].str.endswith("\n").any()
     for example in data.examples:

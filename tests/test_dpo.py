@@ -4,7 +4,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO_ROOT, script_env, torchrun_command
+from helpers import REPO_ROOT, run_command, script_env, training_command
 from fwdrev.data import load_preference_data
 from fwdrev.dpo_trainer import DPOArguments
 from fwdrev.logprobs import sequence_logprobs
@@ -29,13 +28,8 @@ SMALL_RUN = ["--max_length", "256", "--max_prompt_length", "128", "--lora_r", "8
 
 
 def run_dpo(model_dir, output_dir, *extra, procs=1, timeout=600, check=True):
-    launcher = torchrun_command(procs) if procs > 1 else [sys.executable]
-    command = launcher + [SCRIPT, "--model_name", str(model_dir), "--train_file_path", SAMPLE,
-                          "--output_dir", str(output_dir), *SMALL_RUN, *extra]
-    result = subprocess.run(command, capture_output=True, text=True, env=script_env(), timeout=timeout)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+    command = training_command(SCRIPT, model_dir, SAMPLE, output_dir, *SMALL_RUN, *extra, procs=procs)
+    return run_command(command, timeout=timeout, check=check)
 
 
 def final_state(output_dir):
@@ -151,9 +145,7 @@ def test_bad_data_exits_2_with_the_rows(tiny_model_dir, tmp_path):
     frame.loc[[3, 8], "worse-text"] = None
     bad = tmp_path / "bad.parquet"
     frame.to_parquet(bad)
-    result = subprocess.run([sys.executable, SCRIPT, "--model_name", str(tiny_model_dir),
-                             "--train_file_path", str(bad), "--output_dir", str(tmp_path / "o")],
-                            capture_output=True, text=True, env=script_env(), timeout=300)
+    result = run_command(training_command(SCRIPT, tiny_model_dir, bad, tmp_path / "o"), timeout=300)
     assert result.returncode == 2
     assert "bad.parquet" in result.stderr and "worse-text" in result.stderr and "[3, 8]" in result.stderr
 
@@ -164,8 +156,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path
     expected = final_state(tmp_path / "full")["log_history"]
 
     killed = tmp_path / "killed"
-    command = [sys.executable, SCRIPT, "--model_name", str(tiny_model_dir), "--train_file_path", SAMPLE,
-               "--output_dir", str(killed), *SMALL_RUN, *steps]
+    command = training_command(SCRIPT, tiny_model_dir, SAMPLE, killed, *SMALL_RUN, *steps)
     process = subprocess.Popen(command, env=script_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -250,10 +241,10 @@ def test_full_finetuning_resume_without_its_reference_cache(tiny_model_dir, tmp_
 @pytest.mark.slow
 def test_launcher_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
     env = script_env(MODEL_PATHS=f"{tiny_model_dir} {tmp_path / 'missing_model'}", DATA_PATH=SAMPLE,
-                     OUTPUT_ROOT=tmp_path, MAX_STEPS=2, MAX_LENGTH=256, MAX_PROMPT_LENGTH=128,
-                     LORA_R=4, LORA_ALPHA=8, SAVE_STEPS=2, EXTRA_ARGS="--report_to none --eval_size 0")
-    result = subprocess.run(["bash", str(REPO_ROOT / "dpo" / "7b-train_multiple_base_models.sh")],
-                            capture_output=True, text=True, env=env, timeout=600)
+                     OUTPUT_ROOT=tmp_path,
+                     EXTRA_ARGS="--max_steps 2 --max_length 256 --lora_r 4 --lora_alpha 8 --save_steps 2 "
+                                "--gradient_accumulation_steps 2 --report_to none --eval_size 0")
+    result = run_command(["bash", str(REPO_ROOT / "dpo" / "7b-train_multiple_base_models.sh")], env)
     assert result.returncode == 1  # the missing model is reported and counted as failed
     assert "model not found" in result.stderr and "missing_model" in result.stderr
     name = f"{Path(tiny_model_dir).parent.name}-{Path(tiny_model_dir).name}"  # parent-folder

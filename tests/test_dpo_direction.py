@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from fwdrev.data import load_preference_data
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
+from fwdrev.reference import ReferenceMode
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import PairDataset, encode_examples
@@ -78,7 +79,8 @@ def train(tiny_model_dir, tokenizer, pairs, output_dir):
                         disable_tqdm=True, train_sampling_strategy="sequential")
     trainer = DPOTrainer(model=model, args=args, train_dataset=PairDataset(pairs),
                          eval_dataset=PairDataset(pairs), data_collator=PairCollator(tokenizer.pad_token_id),
-                         processing_class=tokenizer, reference_key={"test": "direction"})
+                         processing_class=tokenizer, reference_mode=ReferenceMode.ADAPTER_OFF,
+                         reference_key={"test": "direction"})
     trainer.train()
     logged = trainer.evaluate()  # the trainer's own metrics of the final policy on the same pairs
     return model, logged

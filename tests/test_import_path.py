@@ -2,15 +2,14 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, script_env
+from helpers import REPO_ROOT, script_env
 from fwdrev.cli import UsageError, check_same_checkout
 
-SCRIPT_FOLDERS = ("analysis", "dpo", "scripts", "visualization", "tests")
-THIS_FILE = Path(__file__).resolve()
+SCRIPT_FOLDERS = ("analysis", "dpo", "scripts", "visualization")
+TEST_ENVIRONMENT = (REPO_ROOT / "tests" / "helpers.py", REPO_ROOT / "tests" / "conftest.py")
 
 
 @pytest.mark.parametrize("script", ["analysis/analyze_dpo_model.py", "dpo/combined_dpo.py", "scripts/sft.py"])
@@ -23,11 +22,11 @@ def test_script_runs_from_another_folder(script, tmp_path):
     assert "--output_dir" in result.stdout or "--model_path" in result.stdout
 
 
-def test_no_script_edits_the_import_path():
-    offenders = [f"{path.relative_to(REPO_ROOT)}:{number}"
-                 for folder in SCRIPT_FOLDERS for path in sorted((REPO_ROOT / folder).glob("*.[ps][yh]"))
+def test_no_script_or_test_environment_edits_the_import_path():
+    scripts = [path for folder in SCRIPT_FOLDERS for path in sorted((REPO_ROOT / folder).glob("*.[ps][yh]"))]
+    offenders = [f"{path.relative_to(REPO_ROOT)}:{number}" for path in scripts + list(TEST_ENVIRONMENT)
                  for number, line in enumerate(path.read_text().splitlines(), 1)
-                 if ("sys.path.insert" in line or "export PYTHONPATH" in line) and path != THIS_FILE]
+                 if "sys.path.insert" in line or "PYTHONPATH" in line]
     assert offenders == []
 
 

@@ -19,7 +19,7 @@ def test_flash_attention_falls_back_to_sdpa_with_one_warning():
         assert pick_attn_implementation(True) == "sdpa"
         assert pick_attn_implementation(True) == "sdpa"
     messages = [str(w.message) for w in caught if "flash" in str(w.message)]
-    assert len(messages) == 1 and "falling back to PyTorch SDPA" in messages[0]
+    assert len(messages) == 1 and "SDPA" in messages[0]  # one warning, naming the attention used
     assert pick_attn_implementation(False) == "sdpa"
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_script, script_env
+from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 from fwdrev.data import DataValidationError
 from fwdrev.modeling import load_for_scoring
 from fwdrev.scoring import SCORE_COLUMNS, add_scoring_arguments, load_scoring_pairs, parse_scoring_args, score_pairs
@@ -75,20 +75,20 @@ def test_original_scoring_matches_the_original_definition(tiny, sample_rows):
 def test_original_scoring_checks_its_inputs(tiny, sample_rows, tmp_path):
     _, tokenizer = tiny
     frame = pd.read_parquet(sample_rows)
-    with pytest.raises(DataValidationError, match="question column 'question'"):
+    with pytest.raises(DataValidationError, match="'question'"):
         path = tmp_path / "no_question.parquet"
         frame.drop(columns=["question"]).to_parquet(path)
         load_scoring_pairs(scoring_args(path, "--scoring", "original"), tokenizer)
     frame.loc[2, "question"] = None
     path = tmp_path / "missing_question.parquet"
     frame.to_parquet(path)
-    with pytest.raises(DataValidationError, match=r"non-string question .*rows \[2\]"):
+    with pytest.raises(DataValidationError, match=r"question.*rows \[2\]"):
         load_scoring_pairs(scoring_args(path, "--scoring", "original"), tokenizer)
     data, pairs = load_scoring_pairs(scoring_args(path, "--scoring", "original", "--drop_invalid_rows"),
                                      tokenizer)
     assert [p.example_id for p in pairs] == [0, 1, 3] and data.report.used_rows == 3
     assert data.report.sample_type_counts == {"original": 2, "flipped": 1}
-    with pytest.raises(DataValidationError, match=r"does not truncate.*rows \[0, 1, 2, 3\]"):
+    with pytest.raises(DataValidationError, match=r"--max_prompt_length.*rows \[0, 1, 2, 3\]"):
         load_scoring_pairs(scoring_args(sample_rows, "--scoring", "original", "--max_length", "600",
                                         "--max_prompt_length", "500"), tokenizer)
     with pytest.raises(SystemExit):  # argparse: exit 2 before any model loads
@@ -136,14 +136,14 @@ def test_training_dynamics_refuses_to_resume_with_another_scoring(tiny_model_dir
 
 def test_paper_figure_refuses_to_mix_scorings(tmp_path):
     plot = load_script("visualization", "plot_with_wider_middle")
-    paper = plot.figures.load_paper_values()
+    paper = plot.result_tables.load_paper_values()
     series = tmp_path / "series.csv"
     paper.assign(scoring=["original"] * (len(paper) - 1) + ["response"]).to_csv(series, index=False)
     command = [sys.executable, "visualization/plot_with_wider_middle.py", "--series_csv", str(series),
                "--output_stem", str(tmp_path / "fig"), "--dpi", "60"]
     result = subprocess.run(command, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "mix log-prob scorings" in result.stderr and "original, response" in result.stderr
+    assert_mentions(result.stderr, "original, response", "--allow_mixed_scoring")
     assert not (tmp_path / "fig.png").exists()
     result = subprocess.run(command + ["--allow_mixed_scoring"], cwd=REPO_ROOT, env=script_env(),
                             capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_script, script_env
+from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 from fwdrev.cli import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.modeling import add_lora, load_causal_lm, load_for_scoring, load_tokenizer, make_lora_config
@@ -142,7 +142,7 @@ def test_scoring_rows_of_trained_problems_stops_with_exit_2(world, tiny_model_di
                              "--output_dir", str(tmp_path / "out"), *flags(world / "all.parquet")],
                             cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "8 of 12 scored rows" in result.stderr and "(4 problems)" in result.stderr
+    assert_mentions(result.stderr, "8 of 12", "4 problems")
     assert "Traceback" not in result.stderr and not (tmp_path / "out" / "scores.parquet").exists()
 
     analyze_dpo_model.main(["--model_path", str(adapter), "--output_dir", str(tmp_path / "allowed"),
@@ -171,7 +171,7 @@ def test_dynamics_stop_on_trained_rows_also_through_the_base_of_a_dpo_series(wor
         save_model_with_tokenizer(load_causal_lm(str(tiny_model_dir)), merged, tiny_model_dir)
     save_adapter(merged, dpo / "checkpoint-2", seed=5)
     assert [r.folder for r in training_records(dpo / "checkpoint-2")] == [world / "sft_run"]
-    with pytest.raises(UsageError, match=r"8 of 12 scored rows .*\(4 problems\)"):
+    with pytest.raises(UsageError, match=r"8 of 12 .*4 problems"):
         analyze_training_dynamics.main(["--checkpoint_dir", str(dpo), "--output_dir", str(tmp_path / "out"),
                                         *flags(world / "all.parquet")])
 
@@ -257,8 +257,7 @@ def test_resume_rescores_a_retrained_checkpoint_and_regenerated_data(world, tiny
     capsys.readouterr()
     second = dynamics()
     log = capsys.readouterr().out
-    assert "checkpoint 2: its part was scored from other content (checkpoint_fingerprint changed); rescoring" in log
-    assert "1 of 2 checkpoints already scored" in log
+    assert_mentions(log, "checkpoint 2", "checkpoint_fingerprint", "1 of 2", "['2']")  # what changed, what is rescored
     fresh = scores_of(run / "checkpoints" / "2", data, tmp_path / "fresh")
     np.testing.assert_allclose(second[second.checkpoint == "2"]["chosen_logp_sum"], fresh["chosen_logp_sum"],
                                atol=1e-4)
@@ -269,7 +268,7 @@ def test_resume_rescores_a_retrained_checkpoint_and_regenerated_data(world, tiny
     rows["text"] = rows["text"].str.replace("\nThe result is", "\nSo the result is")
     rows.to_parquet(data)
     third = dynamics()
-    assert "0 of 2 checkpoints already scored" in capsys.readouterr().out
+    assert_mentions(capsys.readouterr().out, "0 of 2", "['1', '2']")
     assert len(third) == len(second) and not np.allclose(third["chosen_logp_sum"], second["chosen_logp_sum"])
 
     shutil.rmtree(run / "checkpoints" / "2")  # a part whose checkpoint is gone is not mixed in

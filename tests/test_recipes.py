@@ -57,7 +57,7 @@ def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
     assert recipe_path("original", "dpo") == RECIPES_DIR / "dpo" / "original.yaml"
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1.0e-5\nlerning_rate: 2\n")
-    with pytest.raises(UsageError, match=r"bad.yaml: unknown setting\(s\) \['lerning_rate'\]"):
+    with pytest.raises(UsageError, match=r"bad\.yaml.*\['lerning_rate'\]"):
         load_recipe(bad, {"learning_rate"})
     with pytest.raises(UsageError, match="not found"):
         load_recipe(tmp_path / "missing.yaml", set())
@@ -113,7 +113,7 @@ def test_original_preset_run_keeps_seven_checkpoints_and_follows_its_schedule(ti
 
     import pandas as pd
 
-    from conftest import REPO_ROOT, script_env
+    from helpers import REPO_ROOT, script_env
 
     output_dir = tmp_path / "dpo_original"
     command = [sys.executable, str(REPO_ROOT / "dpo" / "combined_dpo.py"), "--config", "original",

@@ -2,15 +2,13 @@
 unique launcher output names, and a merge made after the process group is gone, atomically."""
 
 import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, script_env
+from helpers import REPO_ROOT, assert_mentions, run_command, script_env, training_command
 import fwdrev.cli
 from fwdrev.cli import UsageError, run_cli
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
@@ -23,9 +21,7 @@ SMALL_RUN = ["--max_length", "256", "--max_prompt_length", "128", "--lora_r", "4
 
 
 def run(script, model_dir, output_dir, *extra):
-    command = [sys.executable, str(REPO_ROOT / script), "--model_name", str(model_dir),
-               "--train_file_path", SAMPLE, "--output_dir", str(output_dir), *SMALL_RUN, *extra]
-    return subprocess.run(command, capture_output=True, text=True, env=script_env(), timeout=600)
+    return run_command(training_command(REPO_ROOT / script, model_dir, SAMPLE, output_dir, *SMALL_RUN, *extra))
 
 
 def snapshot(folder: Path) -> dict:
@@ -49,7 +45,7 @@ def test_resuming_a_finished_dpo_run_trains_nothing(finished_dpo_run, tiny_model
     result = run("dpo/combined_dpo.py", tiny_model_dir, finished_dpo_run, *DPO_STEPS,
                  "--resume_from_checkpoint", "latest")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "run already complete" in result.stdout and "step 2 of the 2 asked for" in result.stdout
+    assert_mentions(result.stdout, "complete", "step 2")
     assert not (finished_dpo_run / "checkpoint-3").exists()  # the old code trained a step 3
     after = snapshot(finished_dpo_run)
     assert {k: v for k, v in after.items() if k.name != "run_config.json"} == \
@@ -60,8 +56,7 @@ def test_a_new_run_refuses_a_trained_folder(finished_dpo_run, tiny_model_dir):
     before = snapshot(finished_dpo_run)
     result = run("dpo/combined_dpo.py", tiny_model_dir, finished_dpo_run, *DPO_STEPS, "--seed", "7")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "already holds a trained run (checkpoint-2" in result.stderr
-    assert "--resume_from_checkpoint latest" in result.stderr and "--overwrite_output_dir" in result.stderr
+    assert_mentions(result.stderr, "checkpoint-2", "--resume_from_checkpoint latest", "--overwrite_output_dir")
     assert snapshot(finished_dpo_run) == before  # not even run_config.json was rewritten
 
 
@@ -84,7 +79,7 @@ def test_resuming_a_finished_epoch_run_trains_nothing(tiny_model_dir, tmp_path):
     before = snapshot(tmp_path / "checkpoints")
     result = run("scripts/sft.py", tiny_model_dir, tmp_path, *epochs, "--resume_from_checkpoint", "latest")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "step 4 of the 4 asked for" in result.stdout
+    assert_mentions(result.stdout, "complete", "step 4")
     assert not (tmp_path / "checkpoint-5").exists() and snapshot(tmp_path / "checkpoints") == before
 
 
@@ -161,8 +156,7 @@ def run_launcher(fake_torchrun, tmp_path, model_paths):
     bin_dir, calls = fake_torchrun
     env = script_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", MODEL_PATHS=model_paths,
                      DATA_PATH=SAMPLE, OUTPUT_ROOT=tmp_path / "out")
-    result = subprocess.run(["bash", str(REPO_ROOT / "dpo" / "7b-train_multiple_base_models.sh")],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = run_command(["bash", str(REPO_ROOT / "dpo" / "7b-train_multiple_base_models.sh")], env, timeout=120)
     output_dirs = [line.split("--output_dir ")[1].split()[0] for line in
                    (calls.read_text().splitlines() if calls.is_file() else [])]
     return result, output_dirs

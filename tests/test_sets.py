@@ -4,8 +4,8 @@ import subprocess
 
 import pytest
 
-from conftest import REPO_ROOT, script_env
-from fwdrev import figures
+from helpers import REPO_ROOT, script_env
+from fwdrev import result_tables
 from fwdrev.sets import SETS, TEST_SET_SAMPLE_TYPE, sample_types_flag
 
 
@@ -17,7 +17,7 @@ def test_sample_types_of_each_set():
 
 
 def test_figures_use_the_same_sets():
-    assert tuple(figures.SETS) == SETS and figures.TEST_SET_SAMPLE_TYPE == TEST_SET_SAMPLE_TYPE
+    assert result_tables.SETS is SETS and result_tables.TEST_SET_SAMPLE_TYPE is TEST_SET_SAMPLE_TYPE
 
 
 def test_launchers_ask_python_for_the_sample_types():

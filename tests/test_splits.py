@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from fwdrev.splits import split_by_group
 
 

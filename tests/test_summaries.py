@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from conftest import REPO_ROOT, load_script  # noqa: E402
-from fwdrev import figures  # noqa: E402
+from helpers import REPO_ROOT, assert_mentions, load_script  # noqa: E402
+from fwdrev import paper_figure, result_tables  # noqa: E402
 
 summarize_results = load_script("analysis", "summarize_results")
 paper_script = load_script("visualization", "plot_with_wider_middle")
@@ -45,7 +45,7 @@ def results_dir(tmp_path):
 
 
 def test_summary_table_ci_resamples_problems(results_dir):
-    summary = figures.summary_table(results_dir).query("epoch == 1").set_index("test_set")
+    summary = result_tables.summary_table(results_dir).query("epoch == 1").set_index("test_set")
     # T_m: every problem's two deltas cancel, so every resample of problems has mean 0.
     assert summary.loc["m", ["delta", "delta_ci_low", "delta_ci_high"]].tolist() == [0.0, 0.0, 0.0]
     # T_f: deltas 1 and 3 of two problems; resamples give 1 (1/4), 2 (1/2), 3 (1/4).
@@ -72,7 +72,8 @@ def test_summarize_results_needs_a_problem_key(results_dir, tmp_path):
     table.to_csv(results_dir / "f" / "sft" / "all.csv", index=False)
     script = [sys.executable, str(REPO_ROOT / "analysis" / "summarize_results.py"), "--results_dir", str(results_dir)]
     proc = subprocess.run(script, capture_output=True, text=True)
-    assert proc.returncode == 2 and "no 'group_id' column" in proc.stderr and "--dataset_path" in proc.stderr
+    assert proc.returncode == 2
+    assert_mentions(proc.stderr, "'group_id'", "--dataset_path")
     data = tmp_path / "data.parquet"  # the scored file: rows 0, 2 and rows 1, 3 are one problem each
     pd.DataFrame({"question": ["q0", "q1", "q0", "q1"], "text": ["a"] * 4}).to_parquet(data)
     proc = subprocess.run(script + ["--dataset_path", str(data)], capture_output=True, text=True)
@@ -82,14 +83,16 @@ def test_summarize_results_needs_a_problem_key(results_dir, tmp_path):
 
 
 def test_paper_figure_draws_ci_bands_from_the_results(results_dir):
-    series = figures.series_from_results_dir(results_dir, ci=True)
-    result = figures.plot_paper_figure(series, ci=True)
-    band = next(c for c in result.axes[2].collections if c.get_gid() == "ff:sft:delta:ci")
-    ys = band.get_paths()[0].vertices[:, 1]
+    series = result_tables.series_from_results_dir(results_dir, ci=True)
+    result = paper_figure.plot_paper_figure(series, ci=True)
+    ff_color = matplotlib.colors.to_rgb(paper_figure.DEFAULT_COLORS["ff"])
+    bands = [c for c in result.axes[2].collections if tuple(c.get_facecolor()[0][:3]) == pytest.approx(ff_color)]
+    assert len(bands) == 1  # the D_f T_f deltas' band, in that line's colour
+    ys = bands[0].get_paths()[0].vertices[:, 1]
     assert ys.min() == pytest.approx(1.0) and ys.max() == pytest.approx(3.0)  # T_f CI [1, 3] at both epochs
     plt.close(result.fig)
     with pytest.raises(ValueError, match="ci_low"):
-        figures.plot_paper_figure(figures.load_paper_values(), ci=True)
+        paper_figure.plot_paper_figure(result_tables.load_paper_values(), ci=True)
 
 
 def test_paper_cli_ci_flag(results_dir, tmp_path):
@@ -104,9 +107,13 @@ def test_paper_cli_ci_flag(results_dir, tmp_path):
 def test_dynamics_figure_ci_bands(results_dir, tmp_path, capsys):
     fig = dynamics_script.plot_table(paired_table(), "t", ci=True)
     delta_ax = fig.axes[3]  # peak deltas: delta_logp_max, exactly anti-correlated within each problem
-    bands = {c.get_gid(): c.get_paths()[0].vertices[:, 1] for c in delta_ax.collections if c.get_gid()}
-    assert np.allclose(bands["ci:all"], 0.0)  # paired rows cancel: zero width, unlike a row bootstrap
-    assert bands["ci:original"].min() == pytest.approx(1.0) and bands["ci:original"].max() == pytest.approx(3.0)
+    # one band per delta line, drawn with it: pair them in drawing order with the lines' legend texts
+    lines = [ln.get_label() for ln in delta_ax.lines if not ln.get_label().startswith("_")]
+    bands = {label: c.get_paths()[0].vertices[:, 1] for label, c in zip(lines, delta_ax.collections)}
+    assert len(bands) == len(delta_ax.collections) == 3
+    assert np.allclose(bands[r"$\Delta$ all"], 0.0)  # paired rows cancel: zero width, unlike a row bootstrap
+    forward = bands[r"$\Delta$ $\mathcal{T}_f$"]
+    assert forward.min() == pytest.approx(1.0) and forward.max() == pytest.approx(3.0)
     plt.close(fig)
     old = results_dir / "r" / "sft"
     old.mkdir(parents=True)
@@ -114,7 +121,7 @@ def test_dynamics_figure_ci_bands(results_dir, tmp_path, capsys):
     written = dynamics_script.main(["--results_dir", str(results_dir), "--output_dir", str(tmp_path / "o"),
                                     "--ci", "--dpi", "50"])
     assert len(written) == 4
-    assert "r/sft/all.csv: no group_id column" in capsys.readouterr().err
+    assert_mentions(capsys.readouterr().err, "r/sft/all.csv", "group_id")
 
 
 WRONG_Y_PLUS = re.compile(r"preferred forward|the forward (reasoning )?trace|forward \(y\+\)|`text`, the forward",
@@ -122,7 +129,7 @@ WRONG_Y_PLUS = re.compile(r"preferred forward|the forward (reasoning )?trace|for
 
 
 @pytest.mark.parametrize("path", ["README.md", "analysis/README.md", "visualization/README.md",
-                                  "fwdrev/figures.py", "visualization/plot_with_wider_middle.py",
+                                  "fwdrev/result_tables.py", "fwdrev/paper_figure.py", "visualization/plot_with_wider_middle.py",
                                   "analysis/summarize_results.py", "dpo/combined_dpo.py"])
 def test_y_plus_is_the_trace_matching_the_question_not_the_forward_trace(path):
     # On flipped rows y+ is the reverse trace: calling y+ "the forward trace" is wrong there.

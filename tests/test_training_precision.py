@@ -1,7 +1,6 @@
 """Precision of training without DeepSpeed: fp32 trained weights under --bf16, an fp32 merge, and
 flash attention only in half precision."""
 
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -10,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, script_env
+from helpers import REPO_ROOT, run_command, training_command
 from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
 from fwdrev.modeling import load_for_scoring, load_tokenizer, pick_attn_implementation
@@ -27,11 +26,8 @@ TINY_RUN = ["--use_lora", "--max_length", "256", "--max_prompt_length", "128", "
 
 
 def run_script(script, model_dir, output_dir, *extra):
-    command = [sys.executable, str(REPO_ROOT / script), "--model_name", str(model_dir),
-               "--train_file_path", SAMPLE, "--output_dir", str(output_dir), *TINY_RUN, *extra]
-    result = subprocess.run(command, capture_output=True, text=True, env=script_env(), timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+    return run_command(training_command(REPO_ROOT / script, model_dir, SAMPLE, output_dir, *TINY_RUN, *extra),
+                       check=True)
 
 
 def moved_fraction(output_dir: Path, kind: str) -> float:
@@ -96,14 +92,6 @@ def test_merged_weights_score_like_the_adapter(bf16_dpo_run, tiny_model_dir):
 
 
 @pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def flash_attention_usable(monkeypatch):
     """As on a GPU machine with flash-attn installed."""
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
@@ -129,6 +117,6 @@ def test_flash_attention_in_fp32_is_refused(flash_attention_usable):
 def test_flash_attention_falling_back_to_sdpa_runs_in_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     pick_attn_implementation.cache_clear()
-    with pytest.warns(UserWarning, match="falling back to PyTorch SDPA"):
+    with pytest.warns(UserWarning, match="SDPA"):
         check_attention_precision(ModelArguments(model_name="m", use_flash_attention=True), precision())
     pick_attn_implementation.cache_clear()

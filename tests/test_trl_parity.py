@@ -3,20 +3,22 @@
 Same tiny model, adapter init, token ids and recipe (scripts/benchmark_dpo.py runs each trainer
 in its own process). The learning rate is large enough that the loss moves well away from ln 2
 within the run, so a trainer that learns in another direction, or scores the wrong side, gives
-other losses and other log-probs from step 2 on; the comparison is per step to 1e-6.
+other losses and other log-probs from step 2 on. Log-probs agree per step to 1e-6 (relative);
+losses to 1e-5: our head normalises with log_softmax, TRL with logsumexp, an ulp apart in fp32,
+and Adam's first update (m / sqrt(v), elementwise) turns that into ~3e-6 in the step-2 loss. A
+trainer that scores the sides swapped is off by 1.4e-4 at step 2.
 """
 
 import math
 
 import pytest
 
-from conftest import load_script
+from helpers import load_script
 
 benchmark_dpo = load_script("scripts", "benchmark_dpo")
 
 STEPS = 4
-# A constant 1e-2 moves the LoRA adapter far in four steps; both trainers still agree bit for bit
-# here (at 5e-2 fp32 rounding differences start to grow to ~3e-6).
+# A constant 1e-2 moves the LoRA adapter far in four steps.
 TINY_RUN = ["--steps", str(STEPS), "--learning_rate", "1e-2", "--min_response_tokens", "30",
             "--max_response_tokens", "60", "--vocab_size", "2048", "--hidden_size", "32",
             "--intermediate_size", "64", "--lora_r", "4", "--lora_alpha", "8"]
@@ -45,7 +47,7 @@ def test_losses_move_and_agree_at_every_step(rows):
     ours, trl = rows
     assert max(abs(loss - math.log(2)) for loss in ours["losses"]) > 0.05  # really trained
     for step, (a, b) in enumerate(zip(ours["losses"], trl["losses"]), start=1):
-        assert a == pytest.approx(b, abs=1e-6), f"step {step}: ours {a} vs TRL {b}"
+        assert a == pytest.approx(b, abs=1e-5), f"step {step}: ours {a} vs TRL {b}"
 
 
 def test_policy_logps_agree_at_every_step(rows):

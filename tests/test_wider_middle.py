@@ -97,7 +97,9 @@ def test_limits_are_kept_inside_the_scale_and_every_finite_value_is_in_range():
     assert ax.get_ylim() == pytest.approx((-1.5, 1.5))
     ax.set_ylim(-1.0, 0.5)
     assert ax.get_ylim() == pytest.approx((-1.0, 0.5))
-    scale = ax.yaxis._scale
+    ax.set_ylim(5.0, 6.0)  # wholly outside: the scale's own range
+    assert ax.get_ylim() == pytest.approx((-1.5, 1.5))
+    scale = wm.WiderMiddleScale(ax.yaxis, **PAPER)
     assert scale.limit_range_for_scale(5.0, 6.0, 1e-300) == (-1.5, 1.5)
     assert list(scale.val_in_range(np.array([-9.0, 0.0, 9.0, np.nan]))) == [True, True, True, False]
     plt.close(fig)

@@ -22,7 +22,8 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fwdrev import figures  # noqa: E402
+from fwdrev import figures, result_tables  # noqa: E402
+from fwdrev.paper_figure import plot_paper_figure  # noqa: E402
 
 CAPTION = (
     r"Mean per-token log-probability (first 1k tokens) of $y^+$, the trace whose direction matches "
@@ -96,12 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_series(args):
     if args.paper:
-        print(f"values: {figures.PAPER_CSV} ({figures.PAPER_CITATION})")
-        return figures.load_paper_values()
+        print(f"values: {result_tables.PAPER_CSV} ({result_tables.PAPER_CITATION})")
+        return result_tables.load_paper_values()
     if args.series_csv:
-        return figures.read_series_csv(args.series_csv)
-    return figures.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset,
-                                           ci=args.ci)
+        return result_tables.read_series_csv(args.series_csv)
+    return result_tables.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset,
+                                                 ci=args.ci)
 
 
 def input_scorings(args) -> dict[str, set[str]]:
@@ -113,13 +114,13 @@ def input_scorings(args) -> dict[str, set[str]]:
             return {}  # a tidy CSV need not say
         return {args.series_csv: set(pd.read_csv(args.series_csv)["scoring"].dropna().astype(str))}
     scorings = {}
-    for train_set in figures.SETS:
-        for stage in figures.STAGES:
-            path = figures.find_stage_table(args.results_dir, train_set, stage, args.subset)
+    for train_set in result_tables.SETS:
+        for stage in result_tables.STAGES:
+            path = result_tables.find_stage_table(args.results_dir, train_set, stage, args.subset)
             if path is None:
                 continue
-            if "scoring" in figures.table_columns(path):
-                values = figures.read_table(path, ["scoring"])["scoring"].dropna().astype(str)
+            if "scoring" in result_tables.table_columns(path):
+                values = result_tables.read_result_table(path, ["scoring"])["scoring"].dropna().astype(str)
                 scorings[str(path)] = set(values)
             else:
                 scorings[str(path)] = {"response"}  # written before --scoring existed
@@ -151,7 +152,7 @@ def main(argv=None) -> list:
         sys.exit("no values to plot (check the input and --subset)")
     with figures.paper_style(usetex=args.usetex):
         try:
-            result = figures.plot_paper_figure(
+            result = plot_paper_figure(
                 series, focus=args.focus, share=args.share, ylim_a=args.ylim_a, ylim_b=args.ylim_b,
                 ylim_c=args.ylim_c, key_band=args.key_band, figsize=tuple(args.figsize),
                 colors=args.colors, markers=args.markers, ci=args.ci,

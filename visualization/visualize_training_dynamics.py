@@ -21,9 +21,11 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.colors import CenteredNorm  # noqa: E402
 
-from fwdrev import figures  # noqa: E402
+from fwdrev import dynamics_tables, figures, result_tables  # noqa: E402
+from fwdrev.scoring import GROUP_COLUMN  # noqa: E402
 
 SIDE_COLORS = {"chosen": "#1f5fa8", "rejected": "#c0392b"}
 SIDE_LABELS = {"chosen": "$y^+$", "rejected": "$y^-$"}
@@ -39,12 +41,31 @@ def _short(checkpoint: str) -> str:
     return str(checkpoint).replace("checkpoint-", "")
 
 
-def _checkpoint_axis(ax, checkpoints, stage):
-    ax.set_xticks(range(len(checkpoints)))
-    ax.set_xticklabels([_short(c) for c in checkpoints], rotation=45 if len(checkpoints) > 8 else 0)
-    step = int(np.ceil(len(checkpoints) / 12))  # at most ~12 labels
-    for i, label in enumerate(ax.get_xticklabels()):
-        label.set_visible(i % step == 0)
+def checkpoint_positions(table, order) -> pd.Series:
+    """x of each checkpoint (index: *order*): 0..K-1, or for a DPO table whose checkpoints all have
+    a ``step``, ``(step - first step) / spacing`` (``step_positions``): even checkpoints keep 0..K-1,
+    uneven ones (the original recipe's 14, 21, ..., 49, 50) sit where their steps are."""
+    ordinal = pd.Series(np.arange(len(order), dtype=float), index=order)
+    is_dpo = "stage" in table and set(table["stage"].dropna()) == {"dpo"}
+    if not is_dpo or "step" not in table:
+        return ordinal
+    steps = pd.to_numeric(table["step"], errors="coerce").groupby(table["checkpoint"].astype(str)).first()
+    steps = steps.reindex(order)
+    if steps.isna().any():
+        return ordinal
+    positions = result_tables.step_positions(steps.to_numpy())
+    return pd.Series(positions - positions[0], index=order)
+
+
+def _checkpoint_axis(ax, xs: pd.Series, stage):
+    """Ticks at *xs* (index: checkpoint names): at most ~12 labels, none closer than 0.6 to the next."""
+    ax.set_xticks(xs.to_numpy(), [_short(c) for c in xs.index], rotation=45 if len(xs) > 8 else 0)
+    every = int(np.ceil(len(xs) / 12))
+    last = np.inf
+    for i in reversed(range(len(xs))):
+        visible = i % every == 0 and last - xs.iloc[i] >= 0.6
+        ax.get_xticklabels()[i].set_visible(visible)
+        last = xs.iloc[i] if visible else last
     ax.set_xlabel({"sft": "SFT epoch", "dpo": "DPO checkpoint (step)"}.get(stage, "checkpoint"))
 
 
@@ -57,25 +78,24 @@ def _groups(table):
             yield str(name), table[table["sample_type"] == name]
 
 
-def _curves(ax, table, order, stat: str, sides, ci: bool = False):
-    """Mean over examples of ``<side>_logp_<stat>`` per checkpoint, per group (``ci``: delta CI bands)."""
+def _curves(ax, table, xs: pd.Series, stat: str, sides, ci: bool = False):
+    """Mean over examples of ``<side>_logp_<stat>`` per checkpoint (at *xs*), per group (``ci``: delta CI bands)."""
     cols = [f"{side}_logp_{stat}" for side in sides]
     if not set(cols) <= set(table.columns):
         ax.text(0.5, 0.5, f"no {', '.join(cols)}", transform=ax.transAxes, ha="center", color="0.4")
         return
     for group, part in _groups(table):
-        means = figures.checkpoint_means(part, cols).reindex(order)
+        means = dynamics_tables.checkpoint_means(part, cols).reindex(xs.index)
         style, suffix = GROUP_STYLE.get(group, ("-.", group))
         for side, col in zip(sides, cols):
             color = SIDE_COLORS.get(side, "0.2")
             label = rf"$\Delta$ {suffix}" if side == "delta" else f"{SIDE_LABELS[side]} {suffix}"
-            ax.plot(range(len(order)), means[col].to_numpy(), linestyle=style, marker="o", markersize=2.5,
+            ax.plot(xs.to_numpy(), means[col].to_numpy(), linestyle=style, marker="o", markersize=2.5,
                     color=color, label=label)
             if ci and side == "delta":
-                band = figures.checkpoint_cis(part, col).reindex(order)
-                ax.fill_between(range(len(order)), band["ci_low"].to_numpy(dtype=float),
-                                band["ci_high"].to_numpy(dtype=float), color=color, alpha=0.12,
-                                linewidth=0, gid=f"ci:{group}")
+                band = dynamics_tables.checkpoint_cis(part, col).reindex(xs.index)
+                ax.fill_between(xs.to_numpy(), band["ci_low"].to_numpy(dtype=float),
+                                band["ci_high"].to_numpy(dtype=float), color=color, alpha=0.12, linewidth=0)
     if "delta" in sides:
         ax.axhline(0, color="0.6", linewidth=0.6)
 
@@ -89,7 +109,8 @@ def plot_table(table, title: str, ci: bool = False):
         if f"delta_logp_{stat}" not in table and f"chosen_logp_{stat}" in table:
             delta = table[f"chosen_logp_{stat}"] - table[f"rejected_logp_{stat}"]
             table = table.assign(**{f"delta_logp_{stat}": delta})
-    order = figures.ordered_checkpoints(table)
+    order = dynamics_tables.ordered_checkpoints(table)
+    xs = checkpoint_positions(table, order)
     stages = table["stage"].dropna().unique() if "stage" in table else []
     stage = stages[0] if len(stages) == 1 else None
     fig = plt.figure(figsize=(11, 6.2), layout="constrained")
@@ -102,19 +123,19 @@ def plot_table(table, title: str, ci: bool = False):
     ]
     for cell, stat, sides, ylabel in panels:
         ax = fig.add_subplot(cell)
-        _curves(ax, table, order, stat, sides, ci)
-        _checkpoint_axis(ax, order, stage)
+        _curves(ax, table, xs, stat, sides, ci)
+        _checkpoint_axis(ax, xs, stage)
         ax.set_ylabel(ylabel)
         ax.grid(True, color="0.9", linewidth=0.5)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 3 else 1)
 
     ax = fig.add_subplot(grid[:, 2])
-    matrix = figures.example_matrix(table, "delta_logp_mean")
+    matrix = dynamics_tables.example_matrix(table, "delta_logp_mean")
     image = ax.imshow(matrix.to_numpy(dtype=float), aspect="auto", interpolation="nearest",
                       cmap=plt.get_cmap("RdBu").with_extremes(bad="0.8"), norm=CenteredNorm(vcenter=0.0))
     fig.colorbar(image, ax=ax, label=r"$\Delta$ average per example", shrink=0.9)
-    _checkpoint_axis(ax, order, stage)
+    _checkpoint_axis(ax, pd.Series(np.arange(len(order)), index=order), stage)  # one column each
     ax.set_ylabel(f"example ({matrix.shape[0]} rows)")
     if matrix.index.nlevels == 2:  # one labelled block per question type, split by a line
         types = matrix.index.get_level_values(0)
@@ -136,7 +157,7 @@ def plot_table(table, title: str, ci: bool = False):
 
 def plot_dynamics(dynamics, title: str):
     """In-training probes: mean y+/y- and delta against step, one column per split."""
-    means = figures.dynamics_means(dynamics)
+    means = dynamics_tables.dynamics_means(dynamics)
     present = set(means["split"])
     splits = [s for s in ("train", "eval") if s in present] + sorted(present - {"train", "eval"})
     fig, axes = plt.subplots(2, len(splits), figsize=(4.2 * len(splits), 5.6), squeeze=False,
@@ -179,19 +200,19 @@ def main(argv=None) -> list[Path]:
         p.error(f"--results_dir {root} is not a folder")
     out = Path(args.output_dir) if args.output_dir else root / "figures"
 
-    jobs = [(path, plot_table) for path in figures.find_analysis_tables(root)]
-    jobs += [(path, plot_dynamics) for path in figures.find_dynamics_files(root)]
+    jobs = [(path, plot_table) for path in dynamics_tables.find_analysis_tables(root)]
+    jobs += [(path, plot_dynamics) for path in dynamics_tables.find_dynamics_files(root)]
     if not jobs:
         sys.exit(f"no analysis tables or dynamics.csv under {root}")
     written = []
     with figures.paper_style():
         for path, plot in jobs:
             relative = path.relative_to(root)
-            table = figures.read_table(path)
+            table = result_tables.read_result_table(path)
             if plot is plot_table:
-                with_ci = args.ci and figures.GROUP_COLUMN in table
+                with_ci = args.ci and GROUP_COLUMN in table
                 if args.ci and not with_ci:
-                    print(f"note: {relative}: no {figures.GROUP_COLUMN} column (scored by an older "
+                    print(f"note: {relative}: no {GROUP_COLUMN} column (scored by an older "
                           "version): drawn without CI bands", file=sys.stderr)
                 fig = plot_table(table, str(relative), ci=with_ci)
             else:
