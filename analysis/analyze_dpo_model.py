@@ -18,22 +18,18 @@ run with exit 2 (--allow_train_overlap: score them, with a trained_on column).
 """
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fwdrev.checkpoints import DPO_FOLDER, free_memory  # noqa: E402
-from fwdrev.io import write_json, write_table  # noqa: E402
-from fwdrev.modeling import is_adapter_dir, load_for_scoring  # noqa: E402
-from fwdrev.provenance import resolve_adapter_base, train_overlap  # noqa: E402
-from fwdrev.scoring import (add_group_argument, add_group_ids, problem_group_ids,  # noqa: E402
+from fwdrev.checkpoints import DPO_FOLDER, free_memory
+from fwdrev.io import write_json, write_table
+from fwdrev.modeling import is_adapter_dir, load_for_scoring
+from fwdrev.provenance import resolve_adapter_base, train_overlap
+from fwdrev.scoring import (add_group_argument, add_group_ids, problem_group_ids,
                             add_reward_columns, add_scoring_arguments, load_scoring_pairs,
                             pair_length, sample_types_by_id, score_pairs, scores_table,
                             parse_scoring_args, scoring_dtype, summarize_scores)
-from fwdrev.sharding import current_shard, gather_table  # noqa: E402
-from fwdrev.cli import run_cli  # noqa: E402
+from fwdrev.sharding import current_shard, gather_table
+from fwdrev.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -26,26 +26,23 @@ was trained on (its run_config.json) stop the run with exit 2 unless --allow_tra
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from fwdrev.checkpoints import (CheckpointModels, base_checkpoint, discover_checkpoints,  # noqa: E402
+from fwdrev.checkpoints import (CheckpointModels, base_checkpoint, discover_checkpoints,
                                 parse_epochs, series_base_model)
-from fwdrev.cli import UsageError  # noqa: E402
-from fwdrev.fingerprint import file_sha256, model_fingerprint  # noqa: E402
-from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap  # noqa: E402
-from fwdrev.io import write_json, write_table  # noqa: E402
-from fwdrev.modeling import load_tokenizer, pick_attn_implementation  # noqa: E402
-from fwdrev.scoring import (META_COLUMNS, add_group_argument, add_group_ids,  # noqa: E402
+from fwdrev.cli import UsageError
+from fwdrev.fingerprint import file_sha256, model_fingerprint
+from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
+from fwdrev.io import write_json, write_table
+from fwdrev.modeling import load_tokenizer, pick_attn_implementation
+from fwdrev.scoring import (META_COLUMNS, add_group_argument, add_group_ids,
                             problem_group_ids, add_scoring_arguments, checkpoint_summary,
                             load_scoring_pairs, pair_length, sample_types_by_id, score_pairs, scores_table,
                             parse_scoring_args, scoring_dtype, subset_frames)
-from fwdrev.sharding import current_shard, gather_table, read_key  # noqa: E402
-from fwdrev.cli import run_cli  # noqa: E402
+from fwdrev.sharding import current_shard, gather_table, read_key
+from fwdrev.cli import run_cli
 
 TABLE_SUBSETS = ("all", "first50", "last50")
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.

@@ -19,23 +19,20 @@ accuracy, n_wrong, n_no_answer_at_budget, no_answer_at_budget_rate, max_new_toke
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from fwdrev.answers import (accuracy_by_sample_type, generate_greedy_outputs, gold_answer,  # noqa: E402
+from fwdrev.answers import (accuracy_by_sample_type, generate_greedy_outputs, gold_answer,
                             grade_generations, reference_budget)
-from fwdrev.data import DataValidationError, load_preference_data  # noqa: E402
-from fwdrev.io import write_json, write_table  # noqa: E402
-from fwdrev.modeling import load_for_scoring  # noqa: E402
-from fwdrev.scoring import scoring_dtype  # noqa: E402
-from fwdrev.sharding import Shard  # noqa: E402
-from fwdrev.tokenization import truncate_prompt  # noqa: E402
-from fwdrev.cli import run_cli  # noqa: E402
+from fwdrev.data import DataValidationError, load_preference_data
+from fwdrev.data_arguments import ROW_FLAGS, add_data_flags
+from fwdrev.io import write_json, write_table
+from fwdrev.modeling import load_for_scoring
+from fwdrev.scoring import scoring_dtype
+from fwdrev.sharding import Shard
+from fwdrev.tokenization import truncate_prompt
+from fwdrev.cli import run_cli
 
 ANSWER_COLUMNS = ["example_id", "sample_type", "generated", "extracted", "gold", "correct", "hit_budget",
                   "outcome"]
@@ -55,12 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "the data, in the model's tokens).")
     parser.add_argument("--batch_size", type=int, default=8, help="Prompts per generate call.")
     parser.add_argument("--max_prompt_length", type=int, default=2048, help="Max prompt tokens (end kept).")
-    parser.add_argument("--sample_types", default=None, help="e.g. 'original,flipped' (default: all).")
     parser.add_argument("--gold_field", default="solution", help="Column with the gold answer.")
-    parser.add_argument("--prompt_field", default="question", help="Prompt column (plain data only).")
-    parser.add_argument("--chosen_field", default="text")
-    parser.add_argument("--rejected_field", default="worse-text")
-    parser.add_argument("--drop_invalid_rows", action="store_true")
+    add_data_flags(parser, ROW_FLAGS)  # --prompt_field ... --drop_invalid_rows, as in training
     parser.add_argument("--gpu_id", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -72,7 +65,7 @@ def main(argv=None) -> None:
                                         force_base_model=args.force_base_model)
     data = load_preference_data(args.dataset_path, args.prompt_field, args.chosen_field,
                                 args.rejected_field, args.sample_types, args.drop_invalid_rows,
-                                tokenizer)
+                                tokenizer, flipped_prompt_field=args.flipped_prompt_field)
     if args.gold_field not in data.frame:
         raise DataValidationError(f"{args.dataset_path}: no gold answer column '{args.gold_field}'; "
                                   f"available columns: {list(data.frame.columns)}")

@@ -17,13 +17,11 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fwdrev.cli import UsageError, run_cli  # noqa: E402
-from fwdrev.data import read_table  # noqa: E402
-from fwdrev.result_tables import summary_table  # noqa: E402
-from fwdrev.io import write_table  # noqa: E402
-from fwdrev.scoring import add_group_argument, problem_group_ids  # noqa: E402
+from fwdrev.cli import UsageError, run_cli
+from fwdrev.data import read_table
+from fwdrev.result_tables import summary_table
+from fwdrev.io import write_table
+from fwdrev.scoring import add_group_argument, problem_group_ids
 
 NAMES = {"f": "D_f", "r": "D_r", "m": "D_m"}
 

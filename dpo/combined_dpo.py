@@ -20,21 +20,19 @@ data_report.json, reference_logps.parquet, and merged/ with --merge_weights.
 """
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fwdrev.checkpoint_pruning import OptimizerStatePruning  # noqa: E402
-from fwdrev.cli import run_cli  # noqa: E402
-from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator, PairDataset  # noqa: E402
-from fwdrev.reference import ReferenceMode, reference_cache_key  # noqa: E402
-from fwdrev.run_folder import check_output_dir, run_is_complete  # noqa: E402
-from fwdrev.training import (DataArguments, MetricsCSVCallback, ModelArguments,  # noqa: E402
+from fwdrev.checkpoint_pruning import OptimizerStatePruning
+from fwdrev.cli import run_cli
+from fwdrev.data_arguments import DataArguments
+from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
+from fwdrev.reference import ReferenceMode, reference_cache_key
+from fwdrev.run_folder import check_output_dir, run_is_complete
+from fwdrev.tokenization import PairDataset
+from fwdrev.training import (MetricsCSVCallback, ModelArguments,
                              check_attention_precision, finish_distributed,
                              load_policy, load_reference_model, load_training_tokenizer, merge_final_model,
                              parse_arguments, prepare_training_data, resolve_resume_checkpoint,
-                             save_final_model, setup_logging)
+                             save_final_model, setup_logging, write_run_config_and_data_report)
 
 logger = logging.getLogger("combined_dpo")
 
@@ -58,6 +56,9 @@ def main(argv=None):
     check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
     tokenizer = load_training_tokenizer(model_args)
     data, train_pairs, eval_pairs = prepare_training_data(model_args, data_args, args, tokenizer)
+    if not eval_pairs:
+        args.eval_strategy = "no"  # nothing held out
+    write_run_config_and_data_report(model_args, data_args, args, data, train_pairs, eval_pairs)
 
     model = load_policy(model_args, args)
     reference_mode = ReferenceMode.choose(model_args, args)
@@ -69,10 +70,10 @@ def main(argv=None):
     callbacks = [MetricsCSVCallback(), OptimizerStatePruning()]  # optimizer state: newest checkpoint only
     if data_args.probe_every > 0:
         from fwdrev.probes import build_probe_callback
+        from fwdrev.scoring import sample_types_by_id
 
-        sample_types = {e.example_id: e.sample_type for e in data.examples}
         callbacks.append(build_probe_callback(data_args, tokenizer, train_pairs, eval_pairs,
-                                              args.output_dir, sample_types=sample_types,
+                                              args.output_dir, sample_types=sample_types_by_id(data),
                                               chunk_size=args.logprob_chunk_size))
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=PairDataset(train_pairs),
@@ -82,12 +83,12 @@ def main(argv=None):
         ref_model=ref_model)
     resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if run_is_complete(trainer, resume_from):
-        finish_distributed(trainer)  # under torchrun this ends the process
+        finish_distributed(trainer)
         return
     trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)
     logger.info("done: %s", args.output_dir)
-    # the merge runs on rank 0 once the process group is gone; under torchrun this ends the process
+    # the merge runs on rank 0 once the process group is gone
     finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
 
 

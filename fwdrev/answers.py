@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from fwdrev.modeling import eval_mode
 from fwdrev.tokenization import encode_response
 
 ANSWER_MARKER = "<|im_start|>answer\nAnswer:"
@@ -161,26 +162,23 @@ def generate_greedy_outputs(model, tokenizer, prompt_ids: list[list[int]], max_n
     stop_ids = {tokenizer.eos_token_id, pad_id} - {None}
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))  # less padding
     outputs: dict[int, Generation] = {}
-    was_training = model.training
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress):
-        indices = order[start : start + batch_size]
-        width = max(len(prompt_ids[i]) for i in indices)
-        input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, i in enumerate(indices):
-            ids = prompt_ids[i]
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
-        with torch.no_grad():
+    with eval_mode(model):  # no autograd, no dropout; the model's mode is restored after
+        for start in tqdm(range(0, len(order), batch_size), desc="generating", disable=not progress):
+            indices = order[start : start + batch_size]
+            width = max(len(prompt_ids[i]) for i in indices)
+            input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros_like(input_ids)
+            for row, i in enumerate(indices):
+                ids = prompt_ids[i]
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention_mask[row, width - len(ids):] = 1
             generated = model.generate(input_ids=input_ids.to(device),
                                        attention_mask=attention_mask.to(device),
                                        max_new_tokens=max_new_tokens, do_sample=False,
                                        pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-        for row, i in enumerate(indices):
-            new_ids = generated[row, width:].tolist()
-            cut = next((k for k, t in enumerate(new_ids) if t in stop_ids), None)
-            text = tokenizer.decode(new_ids[:cut], skip_special_tokens=False)
-            outputs[i] = Generation(text, cut is None)  # no end token: stopped by the budget
-    model.train(was_training)
+            for row, i in enumerate(indices):
+                new_ids = generated[row, width:].tolist()
+                cut = next((k for k, t in enumerate(new_ids) if t in stop_ids), None)
+                text = tokenizer.decode(new_ids[:cut], skip_special_tokens=False)
+                outputs[i] = Generation(text, cut is None)  # no end token: stopped by the budget
     return [outputs[i] for i in range(len(prompt_ids))]

@@ -26,10 +26,11 @@ from fwdrev.cli import UsageError
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
+from fwdrev.modeling import eval_mode
 from fwdrev.reference import (REFERENCE_CACHE, REFERENCE_CACHE_KEY, CacheDecision,  # noqa: F401
                               ReferenceMode, check_reference_cache, decide_on_main_process,
                               length_sorted_shard, write_reference_cache)
-from fwdrev.tokenization import TokenizedPair, collate_pairs
+from fwdrev.tokenization import TokenizedPair, collate_pairs, split_halves
 from fwdrev.training import AutocastLossMixin
 
 logger = logging.getLogger(__name__)
@@ -55,17 +56,6 @@ class DPOArguments(RecipeTrainingArguments):
             raise ValueError(f"--loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.ref_batch_size is not None and self.ref_batch_size < 1:
             raise ValueError(f"--ref_batch_size must be at least 1, got {self.ref_batch_size}")
-
-
-class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, pairs: list[TokenizedPair]):
-        self.pairs = pairs
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, index):
-        return self.pairs[index]
 
 
 class PairCollator:
@@ -178,19 +168,16 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
         batch_size = self.args.ref_batch_size or self.args.per_device_eval_batch_size
         collator = PairCollator(self.processing_class.pad_token_id)
         rows = []
-        was_training = model.training
-        model.eval()  # no LoRA dropout in the initial policy's scores
         reference, context = self._reference_model(model)
-        with context:
+        with eval_mode(model), context:  # no LoRA dropout in the initial policy's scores
             for start in tqdm(range(0, len(shard), batch_size), desc="reference log-probs",
                               disable=rank != 0):
                 batch = collator(shard[start : start + batch_size])
                 out = self._sequence_logprobs(reference, batch)
-                n = len(batch["example_ids"])
-                for i, example_id in enumerate(batch["example_ids"].tolist()):
-                    rows.append((example_id, out.sum[i].item(), out.sum[n + i].item(),
-                                 out.mean[i].item(), out.mean[n + i].item()))
-        model.train(was_training)
+                example_ids = batch["example_ids"].tolist()
+                sums, means = (split_halves(values.tolist(), len(example_ids))
+                               for values in (out.sum, out.mean))
+                rows += zip(example_ids, sums.chosen, sums.rejected, means.chosen, means.rejected)
         if world > 1:
             gathered = [None] * world
             dist.all_gather_object(gathered, rows)
@@ -210,9 +197,7 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
         reference, context = self._reference_model(model)
         with torch.no_grad(), context:
             out = self._sequence_logprobs(reference, batch)
-        values = out.mean if averaged else out.sum
-        n = len(batch["example_ids"])
-        return values[:n], values[n:]
+        return split_halves(out.mean if averaged else out.sum, len(batch["example_ids"]))
 
     # ---- loss and metrics ------------------------------------------------------------------
     def _sequence_logprobs(self, model, batch):
@@ -225,8 +210,9 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
         ref_chosen, ref_rejected = self._reference_for_batch(model, batch, averaged)
         out = self._sequence_logprobs(model, batch)
         n = len(batch["example_ids"])
-        policy = out.mean if averaged else out.sum
-        result = dpo_loss(policy[:n], policy[n:], ref_chosen, ref_rejected, self.args.beta,
+        policy = split_halves(out.mean if averaged else out.sum, n)
+        sums, means = split_halves(out.sum, n), split_halves(out.mean, n)
+        result = dpo_loss(policy.chosen, policy.rejected, ref_chosen, ref_rejected, self.args.beta,
                           self.args.loss_type)
         loss = result.losses.mean()
         metrics = {
@@ -234,13 +220,13 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
             "rewards/rejected": result.rejected_rewards,
             "rewards/accuracies": (result.chosen_rewards > result.rejected_rewards).float(),
             "rewards/margins": result.chosen_rewards - result.rejected_rewards,
-            "logps/chosen": out.sum[:n].detach(),
-            "logps/rejected": out.sum[n:].detach(),
-            "logps/chosen_mean_per_token": out.mean[:n].detach(),
-            "logps/rejected_mean_per_token": out.mean[n:].detach(),
+            "logps/chosen": sums.chosen.detach(),
+            "logps/rejected": sums.rejected.detach(),
+            "logps/chosen_mean_per_token": means.chosen.detach(),
+            "logps/rejected_mean_per_token": means.rejected.detach(),
         }
         if self.args.sft_weight > 0:
-            nll = -out.mean[:n].mean()  # mean per-token NLL of the chosen responses (RPO)
+            nll = -means.chosen.mean()  # mean per-token NLL of the chosen responses (RPO)
             loss = loss + self.args.sft_weight * nll
             metrics["nll/chosen"] = nll.detach().reshape(1)
         return loss, metrics

@@ -152,3 +152,15 @@ def zero3_init_disabled():
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+@contextmanager
+def eval_mode(model):
+    """No dropout and no autograd inside; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from fwdrev.data import DataValidationError, load_preference_data, read_table
 from fwdrev.io import write_table
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE
-from fwdrev.scoring import score_pairs
+from fwdrev.scoring import sample_types_by_id, score_pairs
 from fwdrev.tokenization import TokenizedPair, encode_examples
 
 DYNAMICS_COLUMNS = ["step", "split", "example_id", "sample_type", "chosen_logp_mean",
@@ -115,7 +115,7 @@ def build_probe_callback(data_args, tokenizer, train_pairs: list[TokenizedPair],
                                     flipped_prompt_field=_flipped_prompt_field(data_args))
         probe_pairs = {"probe": encode_examples(tokenizer, data.examples, data_args.max_length,
                                                 data_args.max_prompt_length)}
-        sample_types = {e.example_id: e.sample_type for e in data.examples}
+        sample_types = sample_types_by_id(data)
     else:
         probe_pairs = select_probe_pairs(train_pairs, eval_pairs, data_args.probe_size, seed)
         if sample_types is None:

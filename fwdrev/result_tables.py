@@ -22,16 +22,14 @@ import numpy as np
 import pandas as pd
 
 from fwdrev.scoring import GROUP_COLUMN, add_group_ids, bootstrap_mean_ci
+from fwdrev.sets import SETS, TEST_SET_SAMPLE_TYPE
 
 TIDY_COLUMNS = ["train_set", "test_set", "stage", "epoch", "series", "value"]
 # Optional: ``derived`` (True for a value computed from others, not measured or published),
 # the 95% CI of ``value`` (``ci_low``, ``ci_high``) and the DPO optimizer ``step`` of the checkpoint.
 CI_COLUMNS = ["ci_low", "ci_high"]
-SETS = ("f", "r", "m")
 STAGES = ("sft", "dpo")
 SERIES = ("y+", "y-", "delta")
-# Test set -> rows of the analysis table (None = all rows).
-TEST_SET_SAMPLE_TYPE = {"f": "original", "r": "flipped", "m": None}
 PAPER_CSV = Path(__file__).resolve().parents[1] / "visualization" / "paper_figure_values.csv"
 PAPER_CITATION = (
     "Deng et al., When Inverse Data Outperforms: Exploring the Pitfalls of Mixed Data "
@@ -99,8 +97,9 @@ def complete_deltas(series: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ analysis tables
-def read_table(path, columns=None) -> pd.DataFrame:
-    """Read a CSV or parquet table (optionally only some columns)."""
+def read_result_table(path, columns=None) -> pd.DataFrame:
+    """Read an analysis/result table, CSV or parquet (optionally only some columns); input data
+    files go through ``fwdrev.data.read_table``."""
     path = Path(path)
     if path.suffix == ".parquet":
         return pd.read_parquet(path, columns=columns)
@@ -215,7 +214,7 @@ def summary_table(results_dir, metric: str = "logp_mean_first_k", subset: str = 
             path = find_stage_table(results_dir, train_set, stage, subset)
             if path is None:
                 continue
-            table = with_epochs(read_table(path))
+            table = with_epochs(read_result_table(path))
             table = table.assign(_delta=_deltas(table, metric), _first_k=_deltas(table, f"{statistic}_first_k"),
                                  _full=_deltas(table, statistic))
             if ci:

@@ -9,7 +9,6 @@ up in the first batch, not after an hour), and never builds full-vocabulary logi
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -17,13 +16,15 @@ import torch
 from tqdm.auto import tqdm
 
 from fwdrev.data import DataValidationError, PreferenceData, load_preference_data
+from fwdrev.data_arguments import add_data_flags
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
+from fwdrev.modeling import eval_mode
 from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
 from fwdrev.splits import default_group_column
-from fwdrev.tokenization import (LengthSettingsError, TokenizedPair, check_lengths, collate_pairs,
-                                 default_max_prompt_length, encode_examples)
+from fwdrev.tokenization import (ChosenRejected, LengthSettingsError, TokenizedPair, check_lengths,
+                                 collate_pairs, default_max_prompt_length, encode_examples, split_halves)
 
-SIDES = ("chosen", "rejected")
+SIDES = ChosenRejected._fields  # ("chosen", "rejected")
 STAT_NAMES = ["num_tokens", "logp_sum", "logp_mean", "logp_max",
               "num_tokens_first_k", "logp_sum_first_k", "logp_mean_first_k", "logp_max_first_k"]
 DELTA_STATS = ["logp_sum", "logp_mean", "logp_max",
@@ -38,18 +39,6 @@ SUMMARY_MEANS = ["chosen_logp_mean", "rejected_logp_mean", "delta_logp_mean",
                  "chosen_logp_sum", "rejected_logp_sum", "delta_logp_sum"]
 HEAD_TAIL_SIZE = 50  # the "first50" / "last50" subsets of the original analysis
 BOOTSTRAP_SAMPLES = 1000
-
-
-@contextmanager
-def eval_mode(model):
-    """No dropout and no autograd inside; the model's train/eval mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
 
 
 def response_stats(per_token: torch.Tensor, mask: torch.Tensor, first_k: int) -> dict[str, torch.Tensor]:
@@ -94,13 +83,12 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_s
             out = scoring_logprobs(model, batch["input_ids"].to(device),
                                    batch["attention_mask"].to(device),
                                    batch["labels"].to(device), chunk_size)
-            stats = {name: values.cpu().tolist()
+            stats = {name: split_halves(values.cpu().tolist(), len(batch_pairs))
                      for name, values in response_stats(out.per_token, out.mask, first_k).items()}
-            size = len(batch_pairs)
             for j, index in enumerate(batch_indices):
                 row = {"example_id": pairs[index].example_id}
-                for side, offset in (("chosen", 0), ("rejected", size)):
-                    row.update({f"{side}_{name}": stats[name][offset + j] for name in STAT_NAMES})
+                for side in SIDES:
+                    row.update({f"{side}_{name}": getattr(stats[name], side)[j] for name in STAT_NAMES})
                 rows[index] = row
     columns = ["example_id"] + [f"{side}_{name}" for side in SIDES for name in STAT_NAMES]
     frame = pd.DataFrame([rows[i] for i in range(len(pairs))], columns=columns)
@@ -298,21 +286,9 @@ def _float(value) -> float | None:
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """Data, truncation, batching and sharding flags shared by the analysis scripts."""
     parser.add_argument("--dataset_path", required=True, help="Parquet or JSONL preference file.")
-    parser.add_argument("--prompt_field", default="question", help="Prompt column (plain data only).")
-    parser.add_argument("--flipped_prompt_field", default="relevant-question",
-                        help="Prompt column of plain 'flipped' rows (the reverse question), used when "
-                             "the file has it; '' = --prompt_field for every row.")
-    parser.add_argument("--chosen_field", default="text", help="y+ column.")
-    parser.add_argument("--rejected_field", default="worse-text", help="y- column.")
-    parser.add_argument("--sample_types", default=None,
-                        help="Keep these sample_type values, e.g. 'original,flipped' (default: all).")
-    parser.add_argument("--drop_invalid_rows", action="store_true",
-                        help="Exclude invalid rows (reported) instead of failing.")
+    add_data_flags(parser)  # --prompt_field ... --max_prompt_length, as the training scripts have them
     parser.add_argument("--max_tokens", type=int, default=1000,
                         help="K of the *_first_k columns: statistics over the first K response tokens.")
-    parser.add_argument("--max_length", type=int, default=20000, help="Max tokens of prompt + response.")
-    parser.add_argument("--max_prompt_length", type=int, default=None,
-                        help="Max prompt tokens (end kept); default min(2048, max_length // 2).")
     parser.add_argument("--batch_size", type=int, default=2, help="Pairs per forward pass.")
     parser.add_argument("--logprob_chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
                         help="Response tokens per output-head chunk (bounds logits memory).")
@@ -372,5 +348,6 @@ def scoring_dtype(device: torch.device) -> torch.dtype:
 
 
 def sample_types_by_id(data: PreferenceData) -> dict[int, str | None]:
+    """example_id -> sample_type of the loaded rows (None where the file has no sample_type)."""
     return {example.example_id: example.sample_type for example in data.examples}
 

@@ -14,7 +14,6 @@ real data, every ``text`` ends with ``<|im_end|>\n`` and no ``worse-text`` does.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 
@@ -168,16 +167,3 @@ def generate_preference_rows(num_rows: int = 100, seed: int = 0) -> pd.DataFrame
         })
     frame = pd.DataFrame(originals + flipped, columns=COLUMNS)
     return frame.astype({"problem_id": "int64"})
-
-
-def write_parquet_atomic(frame: pd.DataFrame, output: str) -> None:
-    """Write next to the target then rename, so readers never see a half-written file."""
-    output = os.path.abspath(output)
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    tmp_path = f"{output}.{os.getpid()}.tmp"  # same dir => os.replace is an atomic rename
-    try:
-        frame.to_parquet(tmp_path, index=False)
-        os.replace(tmp_path, output)
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)

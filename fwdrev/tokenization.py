@@ -8,6 +8,7 @@ response keeps its start (the beginning of the reasoning).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,6 +26,19 @@ class TokenizedPair:
     prompt_truncated: bool = False
     chosen_truncated: bool = False
     rejected_truncated: bool = False
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Tokenized pairs as a ``torch`` dataset (DPO batches both responses, SFT the chosen one)."""
+
+    def __init__(self, pairs: list[TokenizedPair]):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        return self.pairs[index]
 
 
 class LengthSettingsError(ValueError):
@@ -125,3 +139,15 @@ def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int) -> dict[str, to
     batch = pad_sequences(sequences, pad_token_id)
     batch["example_ids"] = torch.tensor([p.example_id for p in pairs], dtype=torch.long)
     return batch
+
+
+class ChosenRejected(NamedTuple):
+    chosen: Any  # a tensor or list: whatever was split
+    rejected: Any
+
+
+def split_halves(values, num_pairs: int) -> ChosenRejected:
+    """The chosen and rejected halves of per-row values of a ``collate_pairs`` batch of ``num_pairs``."""
+    if len(values) != 2 * num_pairs:
+        raise ValueError(f"a batch of {num_pairs} pairs has {2 * num_pairs} rows, got {len(values)} values")
+    return ChosenRejected(values[:num_pairs], values[num_pairs:])

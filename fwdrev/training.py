@@ -18,9 +18,10 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from fwdrev.cli import UsageError
+from fwdrev.cli import UsageError, note_process_group_left
 from fwdrev.checkpoint_pruning import check_resumable
 from fwdrev.data import load_preference_data
+from fwdrev.data_arguments import DataArguments
 from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.io import atomic_path, write_json
 from fwdrev.splits import default_group_column
@@ -28,7 +29,7 @@ from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
 from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
                              load_causal_lm, load_tokenizer, make_lora_config,
                              pick_attn_implementation)
-from fwdrev.tokenization import check_lengths, default_max_prompt_length, encode_examples
+from fwdrev.tokenization import encode_examples
 
 logger = logging.getLogger(__name__)
 
@@ -53,38 +54,6 @@ class ModelArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train from scratch even if OUTPUT_DIR holds another run's "
                                          "checkpoints or model (they are overwritten)."})
-
-
-@dataclass
-class DataArguments:
-    train_file_path: str = field(metadata={"help": "Parquet or JSONL training file."})
-    prompt_field: str = field(default="question", metadata={"help": "Prompt column (plain data only)."})
-    flipped_prompt_field: str = field(
-        default="relevant-question",
-        metadata={"help": "Prompt column of plain 'flipped' rows (the reverse question), used when the "
-                          "file has it; '' = prompt_field for every row."})
-    chosen_field: str = field(default="text", metadata={"help": "Preferred response column (y+)."})
-    rejected_field: str = field(default="worse-text", metadata={"help": "Rejected response column (y-)."})
-    sample_types: str | None = field(
-        default=None, metadata={"help": "Keep these sample_type values, e.g. 'original', 'flipped' or "
-                                        "'original,flipped' (default: all rows)."})
-    drop_invalid_rows: bool = field(
-        default=False, metadata={"help": "Exclude invalid rows (reported) instead of failing."})
-    max_length: int = field(default=20000, metadata={"help": "Max tokens of prompt + response."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Max prompt tokens (the end is kept); default min(2048, max_length // 2)."})
-    eval_size: float = field(
-        default=0.05, metadata={"help": "Held-out eval rows, whole problems (both rows of a problem on "
-                                        "one side): a fraction (< 1) or a count (>= 1); 0 = none."})
-    probe_file: str | None = field(
-        default=None, metadata={"help": "Probe set for in-training log-prob probes (default: train/eval rows)."})
-    probe_every: int = field(default=0, metadata={"help": "Probe every N optimizer steps (0 = off)."})
-    probe_size: int = field(default=8, metadata={"help": "Probe rows taken from each of train and eval."})
-
-    def __post_init__(self):
-        if self.max_prompt_length is None:
-            self.max_prompt_length = default_max_prompt_length(self.max_length)
-        check_lengths(self.max_length, self.max_prompt_length)  # fail before any model is loaded
 
 
 def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | None = None,
@@ -244,9 +213,10 @@ def problem_keys(frame, example_ids) -> list | None:
 
 def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, training_args,
                           tokenizer, with_rejected: bool = True):
-    """Load, validate, tokenize and split the training file; save the run config and data report.
+    """Load, validate, tokenize and split the training file.
 
-    Returns (data, train items, eval items); without eval items evaluation is switched off.
+    Returns (data, train items, eval items); evaluation is on when there are eval items (the
+    caller switches ``eval_strategy`` off otherwise, before ``write_run_config_and_data_report``).
     ``with_rejected=False`` reads the prompt and the chosen response only (SFT).
     """
     data = load_preference_data(
@@ -260,18 +230,21 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
         problem_keys(data.frame, [item.example_id for item in items]))
     logger.info("%s\n  train rows: %d, eval rows: %d", data.report.summary(), len(train_items),
                 len(eval_items))
-    if not eval_items:
-        training_args.eval_strategy = "no"
-    if training_args.process_index == 0:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        from fwdrev.provenance import training_record  # what the analysis checks overlap against
-
-        record = training_record(data, [p.example_id for p in train_items],
-                                 [p.example_id for p in eval_items], model_args.model_name,
-                                 model_args.init_adapter)
-        save_run_config(training_args.output_dir, model_args, data_args, training_args, records=record)
-        data.report.save_json(os.path.join(training_args.output_dir, "data_report.json"))
     return data, train_items, eval_items
+
+
+def write_run_config_and_data_report(model_args: ModelArguments, data_args: DataArguments, training_args,
+                                     data, train_items: list, eval_items: list) -> None:
+    """OUTPUT_DIR/run_config.json (arguments + training record) and data_report.json, on rank 0."""
+    if training_args.process_index != 0:
+        return
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    from fwdrev.provenance import training_record  # what the analysis checks overlap against
+
+    record = training_record(data, [p.example_id for p in train_items], [p.example_id for p in eval_items],
+                             model_args.model_name, model_args.init_adapter)
+    save_run_config(training_args.output_dir, model_args, data_args, training_args, records=record)
+    data.report.save_json(os.path.join(training_args.output_dir, "data_report.json"))
 
 
 def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
@@ -314,27 +287,20 @@ class MetricsCSVCallback(TrainerCallback):
 
 
 def finish_distributed(trainer, then=None) -> None:
-    """End the run: leave the process group together, call ``then()`` on rank 0, exit under torchrun.
+    """End the run: leave the process group together, then call ``then()`` on rank 0.
 
     ``then`` (the merge) runs after the group is gone, so its minutes of loading and writing
-    cannot hit a collective timeout on the other ranks. The exit skips interpreter teardown on
-    purpose: process groups that DeepSpeed still holds are otherwise destroyed during
-    finalization, and gloo's worker threads then abort a rank ("terminate called without an
-    active exception", SIGABRT) after a successful run. Every output is written and closed by now.
+    cannot hit a collective timeout on the other ranks. Under torchrun, ``fwdrev.cli.run_cli``
+    ends the process once ``main`` returns (see ``exit_without_teardown`` for why).
     """
     is_rank_zero = trainer.args.process_index == 0
     distributed = torch.distributed.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         trainer.accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
+        note_process_group_left()
     if then is not None and is_rank_zero:
         then()
-    if not distributed:
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:

@@ -253,8 +253,7 @@ def run_in_subprocess(args, method: str, workdir: Path, round_index: int) -> dic
                "--workdir", str(workdir), "--round", str(round_index), "--steps", str(args.steps),
                "--lora_r", str(args.lora_r), "--lora_alpha", str(args.lora_alpha),
                "--learning_rate", str(args.learning_rate), "--beta", str(args.beta), "--seed", str(args.seed)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     if completed.returncode != 0:
         error = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "no output"

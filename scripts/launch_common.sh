@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Shared preamble of the shell launchers: `source scripts/launch_common.sh` after the user's
-# variables. Provides NUM_PROCS (visible GPUs, else CPU processes), the project root on
-# PYTHONPATH, GPU_COUNT, and `launch SCRIPT ARGS...` = torchrun on this machine (single node: a
+# variables. Provides NUM_PROCS (visible GPUs, else CPU processes), GPU_COUNT, `set_sample_types SET`,
+# and `launch SCRIPT ARGS...` = torchrun on this machine (single node: a
 # fresh free MASTER_PORT per run unless the user set one; NUM_NODES > 1: c10d rendezvous at
 # MASTER_ADDR:MASTER_PORT, both required, one rendezvous id per run).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 
 # Use the project-local virtual environment when one exists and none is active.
 if [[ -z "${VIRTUAL_ENV:-}" && -x "${REPO_ROOT}/.venv/bin/python" ]]; then
     export PATH="${REPO_ROOT}/.venv/bin:${PATH}"
 fi
+
+set_sample_types() {  # set_sample_types SET: the --sample_types value of f, r or m (fwdrev/sets.py)
+    python -m fwdrev.sets sample_types "$1"
+}
 
 count_gpus() {  # GPUs this job may use: nvidia-smi's list, narrowed by CUDA_VISIBLE_DEVICES
     local installed visible=() entry count=0

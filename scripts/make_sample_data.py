@@ -10,7 +10,8 @@ See fwdrev/synthetic.py for the task and the row layout.
 
 import argparse
 
-from fwdrev.synthetic import generate_preference_rows, write_parquet_atomic
+from fwdrev.io import write_table
+from fwdrev.synthetic import generate_preference_rows
 
 
 def main() -> None:
@@ -19,9 +20,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="data-100samples.parquet")
     args = parser.parse_args()
+    if not args.output.endswith(".parquet"):
+        parser.error(f"--output must name a .parquet file, got {args.output}")
 
     frame = generate_preference_rows(args.num_rows, args.seed)
-    write_parquet_atomic(frame, args.output)
+    write_table(frame, args.output)
     print(f"wrote {len(frame)} rows ({args.num_rows // 2} problems) to {args.output}")
 
 

@@ -9,14 +9,11 @@ same side, so the test sets T_f (original rows) and T_r (flipped rows) hold unse
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fwdrev.cli import run_cli  # noqa: E402
-from fwdrev.data import read_table  # noqa: E402
-from fwdrev.io import write_table  # noqa: E402
-from fwdrev.splits import split_by_group  # noqa: E402
+from fwdrev.cli import run_cli
+from fwdrev.data import read_table
+from fwdrev.io import write_table
+from fwdrev.splits import split_by_group
 
 
 def main(argv=None):

@@ -24,20 +24,16 @@ data_report.json, and merged/ with --merge_weights.
 """
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fwdrev.cli import run_cli  # noqa: E402
-from fwdrev.dpo_trainer import PairDataset  # noqa: E402
-from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,  # noqa: E402
+from fwdrev.cli import run_cli
+from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,
                         SFTDataArguments, SFTTrainer)
-from fwdrev.run_folder import check_output_dir, run_is_complete  # noqa: E402
-from fwdrev.training import (MetricsCSVCallback, ModelArguments, check_attention_precision,  # noqa: E402
+from fwdrev.run_folder import check_output_dir, run_is_complete
+from fwdrev.tokenization import PairDataset
+from fwdrev.training import (MetricsCSVCallback, ModelArguments, check_attention_precision,
                              finish_distributed, load_policy, load_training_tokenizer, merge_final_model,
                              parse_arguments, prepare_training_data, resolve_resume_checkpoint,
-                             save_final_model, setup_logging)
+                             save_final_model, setup_logging, write_run_config_and_data_report)
 
 logger = logging.getLogger("sft")
 
@@ -65,6 +61,9 @@ def main(argv=None):
     tokenizer = load_training_tokenizer(model_args)
     data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,
                                                         with_rejected=False)
+    if not eval_rows:
+        args.eval_strategy = "no"  # nothing held out
+    write_run_config_and_data_report(model_args, data_args, args, data, train_rows, eval_rows)
 
     callbacks = [MetricsCSVCallback()]
     if data_args.probe_every > 0:
@@ -86,14 +85,14 @@ def main(argv=None):
         trainer.add_callback(EpochCheckpointCallback(trainer))
     resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if run_is_complete(trainer, resume_from):
-        finish_distributed(trainer)  # under torchrun this ends the process
+        finish_distributed(trainer)
         return
     if resume_from:
         logger.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)
     logger.info("done: %s", args.output_dir)
-    # the merge runs on rank 0 once the process group is gone; under torchrun this ends the process
+    # the merge runs on rank 0 once the process group is gone
     finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
 
 

@@ -22,7 +22,6 @@ def script_env(**extra) -> dict:
     env = dict(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only oversubscribe the cores
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update({key: str(value) for key, value in extra.items()})
     return env
 

@@ -27,3 +27,19 @@ def test_adapter_dir_detection(tmp_path):
     assert not is_adapter_dir(tmp_path)
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "base"}))
     assert is_adapter_dir(tmp_path) and adapter_base_model(tmp_path) == "base"
+
+
+def test_eval_mode_switches_off_dropout_and_autograd_and_restores_the_mode():
+    from fwdrev.modeling import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).train()
+    with eval_mode(model):
+        assert not model.training and not model[1].training
+        assert not model(torch.ones(1, 2)).requires_grad
+    assert model.training and model[1].training
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("scoring failed")
+    assert model.training  # restored on the way out of an error too
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training  # a model in eval mode stays there

@@ -18,7 +18,8 @@ from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.modeling import add_lora, load_causal_lm, load_for_scoring, load_tokenizer, make_lora_config
 from fwdrev.provenance import recorded_adapter_base, run_folder_of, training_records
 from fwdrev.synthetic import generate_preference_rows
-from fwdrev.training import DataArguments, ModelArguments, prepare_training_data
+from fwdrev.data_arguments import DataArguments
+from fwdrev.training import ModelArguments, prepare_training_data, write_run_config_and_data_report
 
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")
 analyze_training_dynamics = load_script("analysis", "analyze_training_dynamics")
@@ -27,7 +28,7 @@ PROBLEMS = 6  # rows.parquet: 6 original + 6 flipped rows, problem_id 0..5
 
 
 @dataclass
-class FakeTrainingArgs:  # the TrainingArguments fields prepare_training_data uses
+class FakeTrainingArgs:  # the TrainingArguments fields prepare_training_data and the record use
     output_dir: str
     seed: int = 0
     process_index: int = 0
@@ -60,12 +61,27 @@ def save_model_with_tokenizer(model, folder, tokenizer_dir) -> None:
 
 
 def record_training(run_dir, data_path, model_name, tiny_model_dir, sample_types=None, eval_size=0.0):
-    """What scripts/sft.py and dpo/combined_dpo.py write: run_config.json via prepare_training_data."""
+    """What scripts/sft.py and dpo/combined_dpo.py write: run_config.json and data_report.json."""
     model_args = ModelArguments(model_name=str(model_name))
     data_args = DataArguments(train_file_path=str(data_path), max_length=256, max_prompt_length=128,
                               eval_size=eval_size, sample_types=sample_types)
-    return prepare_training_data(model_args, data_args, FakeTrainingArgs(str(run_dir)),
-                                 load_tokenizer(str(tiny_model_dir)))
+    training_args = FakeTrainingArgs(str(run_dir))
+    data, train, held_out = prepare_training_data(model_args, data_args, training_args,
+                                                  load_tokenizer(str(tiny_model_dir)))
+    write_run_config_and_data_report(model_args, data_args, training_args, data, train, held_out)
+    return data, train, held_out
+
+
+def test_preparing_the_data_writes_nothing_and_leaves_the_arguments(world, tiny_model_dir, tmp_path):
+    model_args = ModelArguments(model_name=str(tiny_model_dir))
+    data_args = DataArguments(train_file_path=str(world / "all.parquet"), max_length=256,
+                              max_prompt_length=128, eval_size=0)
+    training_args = FakeTrainingArgs(str(tmp_path / "run"))
+    data, train, held_out = prepare_training_data(model_args, data_args, training_args,
+                                                  load_tokenizer(str(tiny_model_dir)))
+    assert held_out == [] and len(train) == 2 * PROBLEMS  # no evaluation: the caller turns it off
+    assert training_args.eval_strategy == "epoch"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

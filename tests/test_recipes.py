@@ -65,7 +65,8 @@ def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
 
 def _parse_dpo(argv, monkeypatch, world_size=1):
     from fwdrev.dpo_trainer import DPOArguments
-    from fwdrev.training import DataArguments, ModelArguments, parse_arguments
+    from fwdrev.data_arguments import DataArguments
+    from fwdrev.training import ModelArguments, parse_arguments
 
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     base = ["--model_name", "m", "--train_file_path", "d.parquet", "--output_dir", "o"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers import REPO_ROOT, assert_mentions, run_command, script_env, training_command
-from fwdrev.cli import UsageError
+import fwdrev.cli
+from fwdrev.cli import UsageError, run_cli
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.run_folder import check_output_dir
 from fwdrev.training import ModelArguments, finish_distributed, merge_final_model
@@ -83,7 +84,7 @@ def test_resuming_a_finished_epoch_run_trains_nothing(tiny_model_dir, tmp_path):
 
 
 # ---- merging -----------------------------------------------------------------------------------
-def test_merge_runs_after_the_process_group_is_gone(monkeypatch):
+def test_merge_runs_after_the_process_group_is_gone_and_main_returns(monkeypatch):
     events = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
@@ -91,12 +92,28 @@ def test_merge_runs_after_the_process_group_is_gone(monkeypatch):
     monkeypatch.setattr(os, "_exit", lambda code: events.append(f"exit {code}"))
     monkeypatch.setattr("logging.shutdown", lambda: None)
     for rank in (0, 1):
+        monkeypatch.setattr(fwdrev.cli, "_left_process_group", False)  # a fresh process per rank
         trainer = types.SimpleNamespace(
             args=types.SimpleNamespace(process_index=rank),
             accelerator=types.SimpleNamespace(wait_for_everyone=lambda: events.append("barrier")))
-        finish_distributed(trainer, then=lambda: events.append("merge"))
-    assert events == ["barrier", "leave group", "merge", "exit 0",  # rank 0
-                      "barrier", "leave group", "exit 0"]  # rank 1 merges nothing
+
+        def main():
+            finish_distributed(trainer, then=lambda: events.append("merge"))
+            events.append("rest of main")  # code after finish_distributed runs under torchrun too
+
+        run_cli(main)
+    assert events == ["barrier", "leave group", "merge", "rest of main", "exit 0",  # rank 0
+                      "barrier", "leave group", "rest of main", "exit 0"]  # rank 1 merges nothing
+
+
+def test_single_process_main_returns_without_hard_exit(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(fwdrev.cli, "_left_process_group", False)
+    monkeypatch.setattr(os, "_exit", lambda code: pytest.fail("os._exit in a single process"))
+    events = []
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(process_index=0))
+    run_cli(lambda: finish_distributed(trainer, then=lambda: events.append("merge")))
+    assert events == ["merge"]
 
 
 def test_interrupted_merge_leaves_no_merged_folder(tiny_model_dir, tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from fwdrev import data as data_module
-from fwdrev.synthetic import ASSISTANT_HEADER, generate_preference_rows, write_parquet_atomic
+from fwdrev.io import write_table
+from fwdrev.synthetic import ASSISTANT_HEADER, generate_preference_rows
 
 STRING_COLUMNS = ["sample_type", "question", "relevant-question", "solution", "text", "worse-text"]
 USER_TURN = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)
@@ -64,8 +65,8 @@ def test_odd_or_empty_row_counts_are_rejected():
 def test_same_seed_is_identical_and_other_seed_differs(tmp_path):
     first, second = generate_preference_rows(40, seed=3), generate_preference_rows(40, seed=3)
     pd.testing.assert_frame_equal(first, second)
-    write_parquet_atomic(first, tmp_path / "a.parquet")
-    write_parquet_atomic(second, tmp_path / "b.parquet")
+    write_table(first, tmp_path / "a.parquet")
+    write_table(second, tmp_path / "b.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]  # no temp files left
     other = generate_preference_rows(40, seed=4)

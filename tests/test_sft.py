@@ -187,6 +187,8 @@ def test_dpo_starts_from_the_sft_adapter_or_the_merged_model(sft_run, tiny_model
     run_script(dpo, sft_run / "merged", SAMPLE, tmp_path / "merged", *dpo_args)
     runs = {name: pd.read_csv(tmp_path / name / "metrics.csv").dropna(subset=["loss"])
             for name in ("adapter", "adapter_frozen_ref", "merged")}
+    config = json.loads((tmp_path / "adapter" / "run_config.json").read_text())
+    assert config["DPOArguments"]["eval_strategy"] == "no"  # --eval_size 0: recorded as switched off
     # Every way in, the reference is the SFT model (the pre-SFT base would give y+ a reward > 1):
     # the merged model is its own reference; an SFT adapter's reference is the adapter as loaded,
     # scored up front or kept as a frozen copy. (LoRA dropout of the policy: not exactly 0.)

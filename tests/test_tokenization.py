@@ -5,7 +5,7 @@ import torch
 
 from fwdrev.data import DataReport, PreferenceExample
 from fwdrev.tokenization import (IGNORE_INDEX, LengthSettingsError, collate_pairs, encode_example,
-                                 encode_examples)
+                                 encode_examples, split_halves)
 
 
 class CharTokenizer:
@@ -78,10 +78,23 @@ def test_collate_puts_chosen_then_rejected_and_masks_prompt_and_padding():
     assert torch.equal(batch["attention_mask"][2], torch.tensor([1, 1, 1, 0, 0]))
 
 
+def test_split_halves_names_the_chosen_and_rejected_rows_of_a_batch():
+    tok = CharTokenizer()
+    pairs = [encode_example(tok, example(3, "PP", "abc", "d"), 20, 10),
+             encode_example(tok, example(5, "Q", "e", "fghi"), 20, 10)]
+    lengths = collate_pairs(pairs, pad_token_id=1)["attention_mask"].sum(-1)
+    halves = split_halves(lengths, len(pairs))
+    assert halves.chosen.tolist() == [5, 2] and halves.rejected.tolist() == [3, 5]
+    assert split_halves(["c0", "c1", "r0", "r1"], 2) == (["c0", "c1"], ["r0", "r1"])
+    with pytest.raises(ValueError, match="a batch of 2 pairs has 4 rows, got 3"):
+        split_halves([1, 2, 3], 2)
+
+
 @pytest.mark.parametrize("max_length, expected", [(512, 256), (20000, 2048), (4097, 2048), (3, 1)])
 def test_training_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, expected):
     """`--max_length 512` alone used to exit 2: the prompt budget defaulted to 2048."""
-    from fwdrev.training import DataArguments, parse_arguments
+    from fwdrev.data_arguments import DataArguments
+    from fwdrev.training import parse_arguments
 
     data_args = parse_arguments((DataArguments,), {}, ["--train_file_path", "x", "--max_length", str(max_length)])[0]
     assert data_args.max_prompt_length == expected

@@ -120,7 +120,7 @@ def input_scorings(args) -> dict[str, set[str]]:
             if path is None:
                 continue
             if "scoring" in result_tables.table_columns(path):
-                values = result_tables.read_table(path, ["scoring"])["scoring"].dropna().astype(str)
+                values = result_tables.read_result_table(path, ["scoring"])["scoring"].dropna().astype(str)
                 scorings[str(path)] = set(values)
             else:
                 scorings[str(path)] = {"response"}  # written before --scoring existed

@@ -208,7 +208,7 @@ def main(argv=None) -> list[Path]:
     with figures.paper_style():
         for path, plot in jobs:
             relative = path.relative_to(root)
-            table = result_tables.read_table(path)
+            table = result_tables.read_result_table(path)
             if plot is plot_table:
                 with_ci = args.ci and GROUP_COLUMN in table
                 if args.ci and not with_ci:

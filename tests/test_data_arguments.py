@@ -1,0 +1,42 @@
+"""The data flags are defined once (DataArguments): the analysis scripts' argparse takes them over."""
+
+import argparse
+import dataclasses
+
+from helpers import load_script
+from fwdrev.data_arguments import LENGTH_FLAGS, ROW_FLAGS, DataArguments, add_data_flags
+from fwdrev.scoring import add_scoring_arguments
+
+FIELDS = {f.name: f for f in dataclasses.fields(DataArguments)}
+
+
+def flag_actions(parser: argparse.ArgumentParser) -> dict:
+    return {action.dest: action for action in parser._actions}
+
+
+def test_analysis_flags_have_the_training_defaults_and_help():
+    parser = argparse.ArgumentParser()
+    add_scoring_arguments(parser)
+    actions = flag_actions(parser)
+    for name in ROW_FLAGS + LENGTH_FLAGS:
+        assert actions[name].default == FIELDS[name].default, name
+        assert actions[name].help == FIELDS[name].metadata["help"], name
+    assert actions["flipped_prompt_field"].default == "relevant-question"
+    assert actions["max_prompt_length"].default is None and actions["max_length"].default == 20000
+
+
+def test_analysis_flags_parse_to_the_training_types():
+    parser = argparse.ArgumentParser()
+    add_data_flags(parser)
+    args = parser.parse_args(["--max_length", "300", "--max_prompt_length", "100", "--drop_invalid_rows",
+                              "--sample_types", "flipped", "--flipped_prompt_field", ""])
+    assert (args.max_length, args.max_prompt_length, args.drop_invalid_rows) == (300, 100, True)
+    assert (args.sample_types, args.flipped_prompt_field, args.prompt_field) == ("flipped", "", "question")
+    assert parser.parse_args([]).drop_invalid_rows is False
+
+
+def test_answer_evaluation_reads_rows_like_training():
+    args = load_script("analysis", "evaluate_answers").parse_args(["--model_path", "m", "--dataset_path", "d"])
+    for name in ROW_FLAGS:
+        assert getattr(args, name) == FIELDS[name].default, name
+    assert args.max_prompt_length == 2048 and not hasattr(args, "max_length")  # generation: own budget
