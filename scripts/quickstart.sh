@@ -72,9 +72,9 @@ sft() {  # sft SET SAMPLE_TYPES: full-parameter SFT, s1's recipe with the tiny r
         --learning_rate "${SFT_LR}" --per_device_train_batch_size "${SFT_BATCH}" \
         --gradient_accumulation_steps 1 "${COMMON[@]}"
 }
-sft f original
-sft r flipped
-sft m original,flipped
+for set in f r m; do  # D_f, D_r, D_m (fwdrev/sets.py)
+    sft "${set}" "$(set_sample_types "${set}")"
+done
 
 SFT_M_MODEL="${OUT}/sft_m/checkpoints/${SFT_EPOCHS}"
 banner "LoRA-DPO on D_m from the D_m SFT model, ${DPO_STEPS} steps"

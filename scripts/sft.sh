@@ -36,19 +36,10 @@ choose_precision configs/ds_config_zero3.json  # ds_config_zero3_10k.json offloa
 require_path "model" "${MODEL_PATH}" || exit 1
 require_path "dataset" "${DATA_PATH}" || exit 1
 
-sample_types_of() {  # TRAIN_SETS letter -> --sample_types value
-    case "$1" in
-        f) echo "original" ;;
-        r) echo "flipped" ;;
-        m) echo "original,flipped" ;;
-        *) return 1 ;;
-    esac
-}
-
 mkdir -p "${OUTPUT_ROOT}/logs"
 failed=()
 for train_set in ${TRAIN_SETS}; do
-    if ! sample_types="$(sample_types_of "${train_set}")"; then
+    if ! sample_types="$(set_sample_types "${train_set}" 2>/dev/null)"; then
         echo "error: unknown TRAIN_SETS entry '${train_set}' (expected f, r or m)" >&2
         failed+=("${train_set}")
         continue
