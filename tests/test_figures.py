@@ -536,7 +536,7 @@ def test_training_dynamics_curves_sit_at_their_steps(tmp_path):
 
 
 def test_result_tables_and_summarize_results_do_not_import_matplotlib():
-    code = ("import sys; sys.path.insert(0, 'analysis'); import summarize_results; "
+    code = ("import runpy, sys; runpy.run_path('analysis/summarize_results.py', run_name='not_main'); "
             "import fwdrev.result_tables, fwdrev.dynamics_tables; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
