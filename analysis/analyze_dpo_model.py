@@ -21,15 +21,26 @@ import argparse
 from pathlib import Path
 
 from fwdrev.checkpoints import DPO_FOLDER, free_memory
+from fwdrev.cli import run_cli
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_for_scoring
 from fwdrev.provenance import resolve_adapter_base, train_overlap
-from fwdrev.scoring import (add_group_argument, add_group_ids, problem_group_ids,
-                            add_reward_columns, add_scoring_arguments, load_scoring_pairs,
-                            pair_length, sample_types_by_id, score_pairs, scores_table,
-                            parse_scoring_args, scoring_dtype, summarize_scores)
+from fwdrev.scoring import (
+    add_group_argument,
+    add_group_ids,
+    add_reward_columns,
+    add_scoring_arguments,
+    load_scoring_pairs,
+    pair_length,
+    parse_scoring_args,
+    problem_group_ids,
+    sample_types_by_id,
+    score_pairs,
+    scores_table,
+    scoring_dtype,
+    summarize_scores,
+)
 from fwdrev.sharding import current_shard, gather_table
-from fwdrev.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

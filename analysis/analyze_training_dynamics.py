@@ -30,19 +30,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from fwdrev.checkpoints import (CheckpointModels, base_checkpoint, discover_checkpoints,
-                                parse_epochs, series_base_model)
-from fwdrev.cli import UsageError
+from fwdrev.checkpoints import CheckpointModels, base_checkpoint, discover_checkpoints, parse_epochs, series_base_model
+from fwdrev.cli import UsageError, run_cli
 from fwdrev.fingerprint import file_sha256, model_fingerprint
-from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import load_tokenizer, pick_attn_implementation
-from fwdrev.scoring import (META_COLUMNS, add_group_argument, add_group_ids,
-                            problem_group_ids, add_scoring_arguments, checkpoint_summary,
-                            load_scoring_pairs, pair_length, sample_types_by_id, score_pairs, scores_table,
-                            parse_scoring_args, scoring_dtype, subset_frames)
+from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
+from fwdrev.scoring import (
+    META_COLUMNS,
+    add_group_argument,
+    add_group_ids,
+    add_scoring_arguments,
+    checkpoint_summary,
+    load_scoring_pairs,
+    pair_length,
+    parse_scoring_args,
+    problem_group_ids,
+    sample_types_by_id,
+    score_pairs,
+    scores_table,
+    scoring_dtype,
+    subset_frames,
+)
 from fwdrev.sharding import current_shard, gather_table, read_key
-from fwdrev.cli import run_cli
 
 TABLE_SUBSETS = ("all", "first50", "last50")
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.

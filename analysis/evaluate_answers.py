@@ -23,8 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from fwdrev.answers import (accuracy_by_sample_type, generate_greedy_outputs, gold_answer,
-                            grade_generations, reference_budget)
+from fwdrev.answers import (
+    accuracy_by_sample_type,
+    generate_greedy_outputs,
+    gold_answer,
+    grade_generations,
+    reference_budget,
+)
+from fwdrev.cli import run_cli
 from fwdrev.data import DataValidationError, load_preference_data
 from fwdrev.data_arguments import ROW_FLAGS, add_data_flags
 from fwdrev.io import write_json, write_table
@@ -32,7 +38,6 @@ from fwdrev.modeling import load_for_scoring
 from fwdrev.scoring import scoring_dtype
 from fwdrev.sharding import Shard
 from fwdrev.tokenization import truncate_prompt
-from fwdrev.cli import run_cli
 
 ANSWER_COLUMNS = ["example_id", "sample_type", "generated", "extracted", "gold", "correct", "hit_budget",
                   "outcome"]

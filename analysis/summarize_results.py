@@ -19,8 +19,8 @@ import sys
 
 from fwdrev.cli import UsageError, run_cli
 from fwdrev.data import read_table
-from fwdrev.result_tables import summary_table
 from fwdrev.io import write_table
+from fwdrev.result_tables import summary_table
 from fwdrev.scoring import add_group_argument, problem_group_ids
 
 NAMES = {"f": "D_f", "r": "D_r", "m": "D_m"}

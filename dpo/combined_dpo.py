@@ -28,11 +28,22 @@ from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
 from fwdrev.reference import ReferenceMode, reference_cache_key
 from fwdrev.run_folder import check_output_dir, run_is_complete
 from fwdrev.tokenization import PairDataset
-from fwdrev.training import (MetricsCSVCallback, ModelArguments,
-                             check_attention_precision, finish_distributed,
-                             load_policy, load_reference_model, load_training_tokenizer, merge_final_model,
-                             parse_arguments, prepare_training_data, resolve_resume_checkpoint,
-                             save_final_model, setup_logging, write_run_config_and_data_report)
+from fwdrev.training import (
+    MetricsCSVCallback,
+    ModelArguments,
+    check_attention_precision,
+    finish_distributed,
+    load_policy,
+    load_reference_model,
+    load_training_tokenizer,
+    merge_final_model,
+    parse_arguments,
+    prepare_training_data,
+    resolve_resume_checkpoint,
+    save_final_model,
+    setup_logging,
+    write_run_config_and_data_report,
+)
 
 logger = logging.getLogger("combined_dpo")
 

@@ -12,7 +12,6 @@ from fwdrev.data import DataValidationError
 from fwdrev.tokenization import LengthSettingsError
 
 
-
 class UsageError(Exception):
     """A run that cannot go on as asked; the message says what to do instead."""
 

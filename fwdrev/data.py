@@ -24,14 +24,22 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
-from fwdrev.data_checks import (Columns, DataValidationError, invalid_values, plain_prompt_columns, preview,
-                                raise_unless_dropped, rows_by_reason, select_sample_types)
+from fwdrev.data_checks import (
+    Columns,
+    DataValidationError,
+    invalid_values,
+    plain_prompt_columns,
+    preview,
+    raise_unless_dropped,
+    rows_by_reason,
+    select_sample_types,
+)
 from fwdrev.io import write_json
 
 ASSISTANT_HEADER = "<|im_start|>assistant\n"

@@ -6,8 +6,8 @@ one message says what to fix; ``--drop_invalid_rows`` turns the error into exclu
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import pandas as pd
 

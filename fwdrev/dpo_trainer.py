@@ -24,12 +24,19 @@ from transformers import Trainer
 
 from fwdrev.cli import UsageError
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
-from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
 from fwdrev.modeling import eval_mode
-from fwdrev.reference import (REFERENCE_CACHE, REFERENCE_CACHE_KEY, CacheDecision,  # noqa: F401
-                              ReferenceMode, check_reference_cache, decide_on_main_process,
-                              length_sorted_shard, write_reference_cache)
+from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
+from fwdrev.reference import (  # noqa: F401
+    REFERENCE_CACHE,
+    REFERENCE_CACHE_KEY,
+    CacheDecision,
+    ReferenceMode,
+    check_reference_cache,
+    decide_on_main_process,
+    length_sorted_shard,
+    write_reference_cache,
+)
 from fwdrev.tokenization import TokenizedPair, collate_pairs, split_halves
 from fwdrev.training import AutocastLossMixin
 

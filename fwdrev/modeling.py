@@ -6,7 +6,7 @@ import json
 import logging
 import warnings
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
-@lru_cache(maxsize=None)
+@cache
 def pick_attn_implementation(use_flash_attention: bool) -> str:
     """flash_attention_2 when asked for and usable, else PyTorch SDPA (warned once)."""
     if not use_flash_attention:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 from transformers import TrainerCallback

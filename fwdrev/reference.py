@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch.distributed as dist
@@ -39,7 +39,7 @@ class ReferenceMode(str, Enum):
     FROZEN_COPY = "frozen_copy"  # a separate frozen copy of the initial policy, scored every batch
 
     @classmethod
-    def choose(cls, model_args, args) -> "ReferenceMode":
+    def choose(cls, model_args, args) -> ReferenceMode:
         if model_args.use_lora and not model_args.init_adapter:
             return cls.ADAPTER_OFF
         # full fine-tuning, or continuing an SFT adapter: the initial policy's weights move

@@ -21,8 +21,16 @@ from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
 from fwdrev.modeling import eval_mode
 from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
 from fwdrev.splits import default_group_column
-from fwdrev.tokenization import (ChosenRejected, LengthSettingsError, TokenizedPair, check_lengths,
-                                 collate_pairs, default_max_prompt_length, encode_examples, split_halves)
+from fwdrev.tokenization import (
+    ChosenRejected,
+    LengthSettingsError,
+    TokenizedPair,
+    check_lengths,
+    collate_pairs,
+    default_max_prompt_length,
+    encode_examples,
+    split_halves,
+)
 
 SIDES = ChosenRejected._fields  # ("chosen", "rejected")
 STAT_NAMES = ["num_tokens", "logp_sum", "logp_mean", "logp_max",

@@ -18,17 +18,25 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from fwdrev.cli import UsageError, note_process_group_left
 from fwdrev.checkpoint_pruning import check_resumable
+from fwdrev.cli import UsageError, note_process_group_left
 from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.io import atomic_path, write_json
-from fwdrev.splits import default_group_column
+from fwdrev.modeling import (
+    DEFAULT_LORA_TARGETS,
+    add_lora,
+    default_dtype,
+    load_adapter,
+    load_causal_lm,
+    load_tokenizer,
+    make_lora_config,
+    pick_attn_implementation,
+    zero3_init_disabled,
+)
 from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
-from fwdrev.modeling import (DEFAULT_LORA_TARGETS, zero3_init_disabled, add_lora, default_dtype, load_adapter,
-                             load_causal_lm, load_tokenizer, make_lora_config,
-                             pick_attn_implementation)
+from fwdrev.splits import default_group_column
 from fwdrev.tokenization import encode_examples
 
 logger = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ Values outside [vmin, vmax] are clipped to the ends of the axis (drawn on the fr
 
 from __future__ import annotations
 
-import numpy as np
 import matplotlib as mpl
-from matplotlib import font_manager, scale as mscale
-from matplotlib import ticker
+import numpy as np
+from matplotlib import font_manager, ticker
+from matplotlib import scale as mscale
 from matplotlib.transforms import Transform
 
 __all__ = [

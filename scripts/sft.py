@@ -26,14 +26,24 @@ data_report.json, and merged/ with --merge_weights.
 import logging
 
 from fwdrev.cli import run_cli
-from fwdrev.sft import (EpochCheckpointCallback, SFTArguments, SFTCollator,
-                        SFTDataArguments, SFTTrainer)
 from fwdrev.run_folder import check_output_dir, run_is_complete
+from fwdrev.sft import EpochCheckpointCallback, SFTArguments, SFTCollator, SFTDataArguments, SFTTrainer
 from fwdrev.tokenization import PairDataset
-from fwdrev.training import (MetricsCSVCallback, ModelArguments, check_attention_precision,
-                             finish_distributed, load_policy, load_training_tokenizer, merge_final_model,
-                             parse_arguments, prepare_training_data, resolve_resume_checkpoint,
-                             save_final_model, setup_logging, write_run_config_and_data_report)
+from fwdrev.training import (
+    MetricsCSVCallback,
+    ModelArguments,
+    check_attention_precision,
+    finish_distributed,
+    load_policy,
+    load_training_tokenizer,
+    merge_final_model,
+    parse_arguments,
+    prepare_training_data,
+    resolve_resume_checkpoint,
+    save_final_model,
+    setup_logging,
+    write_run_config_and_data_report,
+)
 
 logger = logging.getLogger("sft")
 

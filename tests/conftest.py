@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import settings
-
 from helpers import REPO_ROOT
+from hypothesis import settings
 
 # Property tests draw the same examples on every run, so CI is reproducible; run with
 # HYPOTHESIS_PROFILE=explore to draw fresh random examples (and ten times as many).

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
+
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
 from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS

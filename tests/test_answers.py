@@ -3,9 +3,17 @@
 import pandas as pd
 import pytest
 
-from fwdrev.answers import (accuracy_by_sample_type, answers_match, extract_answer, generate_greedy,
-                            generate_greedy_outputs, gold_answer, grade_generations, normalize_answer,
-                            reference_budget)
+from fwdrev.answers import (
+    accuracy_by_sample_type,
+    answers_match,
+    extract_answer,
+    generate_greedy,
+    generate_greedy_outputs,
+    gold_answer,
+    grade_generations,
+    normalize_answer,
+    reference_budget,
+)
 from fwdrev.data import load_preference_data
 from fwdrev.modeling import load_for_scoring
 from fwdrev.synthetic import generate_preference_rows

@@ -2,10 +2,7 @@
 
 import pytest
 import torch
-
 from helpers import load_script
-
-
 
 benchmark_logprobs = load_script("scripts", "benchmark_logprobs")
 benchmark_dpo = load_script("scripts", "benchmark_dpo")

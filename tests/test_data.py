@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fwdrev.data import (ASSISTANT_HEADER, DataValidationError, load_preference_data,
-                         parse_sample_types, render_prompt)
+from fwdrev.data import ASSISTANT_HEADER, DataValidationError, load_preference_data, parse_sample_types, render_prompt
 
 CONVERSATION = ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
                 + ASSISTANT_HEADER + "{r}<|im_end|>\n")

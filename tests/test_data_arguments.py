@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 
 from helpers import load_script
+
 from fwdrev.data_arguments import LENGTH_FLAGS, ROW_FLAGS, DataArguments, add_data_flags
 from fwdrev.scoring import add_scoring_arguments
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from helpers import REPO_ROOT, run_command, script_env, training_command
+
 from fwdrev.data import load_preference_data
+from fwdrev.data_arguments import DataArguments
 from fwdrev.dpo_trainer import DPOArguments
 from fwdrev.logprobs import sequence_logprobs
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.tokenization import collate_pairs, encode_examples
-from fwdrev.data_arguments import DataArguments
 from fwdrev.training import ModelArguments, parse_arguments
 
 SCRIPT = str(REPO_ROOT / "dpo" / "combined_dpo.py")

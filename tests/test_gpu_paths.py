@@ -5,12 +5,10 @@ plain DDP full fine-tuning, and the launcher's device count and rendezvous (thro
 import json
 import math
 import os
-import stat
 import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO_ROOT, script_env
 from test_dpo import run_dpo, train_losses
 
@@ -312,7 +310,7 @@ def test_gpu_check_tiny_runs_train_analysis_and_prints_the_table(tmp_path):
     assert run["seq_len"] == 192 and run["world_size"] == 1 and run["mfu"] is None  # no GPU: no MFU
     assert run["losses"]["1"] == pytest.approx(math.log(2), abs=1e-4) and run["tokens_per_s"] > 0
     assert run["peak_mib"]["cpu (RSS, all processes)"] > 100
-    assert f"| 192 | 1 | " in result.stdout
+    assert "| 192 | 1 | " in result.stdout
     import pandas as pd
 
     scores = pd.read_parquet(tmp_path / "tiny" / "len192" / "analysis" / "scores.parquet")

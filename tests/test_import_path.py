@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO_ROOT, script_env
+
 from fwdrev.cli import UsageError, check_same_checkout
 
 SCRIPT_FOLDERS = ("analysis", "dpo", "scripts", "visualization")

@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
+
 from fwdrev.data import DataValidationError
 from fwdrev.modeling import load_for_scoring
 from fwdrev.scoring import SCORE_COLUMNS, add_scoring_arguments, load_scoring_pairs, parse_scoring_args, score_pairs

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
+
 from fwdrev.cli import UsageError
+from fwdrev.data_arguments import DataArguments
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.modeling import add_lora, load_causal_lm, load_for_scoring, load_tokenizer, make_lora_config
 from fwdrev.provenance import recorded_adapter_base, run_folder_of, training_records
 from fwdrev.synthetic import generate_preference_rows
-from fwdrev.data_arguments import DataArguments
 from fwdrev.training import ModelArguments, prepare_training_data, write_run_config_and_data_report
 
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")

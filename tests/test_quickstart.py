@@ -4,7 +4,6 @@ import subprocess
 
 import pandas as pd
 import pytest
-
 from helpers import REPO_ROOT, assert_mentions, script_env
 
 

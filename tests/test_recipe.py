@@ -6,8 +6,8 @@ import sys
 
 import pandas as pd
 import pytest
-
 from helpers import REPO_ROOT, run_command, script_env
+
 from fwdrev.synthetic import generate_preference_rows
 
 TRAINING_LAUNCHERS = ("scripts/sft.sh", "dpo/7b-train_multiple_base_models.sh")

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from fwdrev.cli import UsageError
-from fwdrev.recipes import (RECIPES_DIR, accumulation_steps, load_recipe, pop_config_flag,
-                            recipe_path, warmup_decay_factor)
+from fwdrev.recipes import (
+    RECIPES_DIR,
+    accumulation_steps,
+    load_recipe,
+    pop_config_flag,
+    recipe_path,
+    warmup_decay_factor,
+)
 
 
 def test_schedule_equals_deepspeeds_warmup_decay_lr_update_by_update():
@@ -64,8 +70,8 @@ def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
 
 
 def _parse_dpo(argv, monkeypatch, world_size=1):
-    from fwdrev.dpo_trainer import DPOArguments
     from fwdrev.data_arguments import DataArguments
+    from fwdrev.dpo_trainer import DPOArguments
     from fwdrev.training import ModelArguments, parse_arguments
 
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
@@ -112,7 +118,6 @@ def test_original_preset_run_keeps_seven_checkpoints_and_follows_its_schedule(ti
     import sys
 
     import pandas as pd
-
     from helpers import REPO_ROOT, script_env
 
     output_dir = tmp_path / "dpo_original"

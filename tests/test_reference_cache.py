@@ -12,17 +12,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from helpers import REPO_ROOT, assert_mentions, free_port, load_script
+
 from fwdrev.cli import UsageError
+from fwdrev.data import load_preference_data
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
 from fwdrev.logprobs import sequence_logprobs
 from fwdrev.modeling import load_causal_lm, load_tokenizer
-from fwdrev.reference import (REFERENCE_CACHE_KEY, ReferenceMode, check_reference_cache,
-                              decide_on_main_process, length_sorted_shard, pair_length,
-                              write_reference_cache)
+from fwdrev.reference import (
+    REFERENCE_CACHE_KEY,
+    ReferenceMode,
+    check_reference_cache,
+    decide_on_main_process,
+    length_sorted_shard,
+    pair_length,
+    write_reference_cache,
+)
 from fwdrev.tokenization import PairDataset, collate_pairs, encode_examples
-from fwdrev.data import load_preference_data
 
 SAMPLE = REPO_ROOT / "data-100samples.parquet"
 RUN = ["--max_length", "160", "--max_prompt_length", "96", "--lora_r", "4", "--lora_alpha", "8",

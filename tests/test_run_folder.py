@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO_ROOT, assert_mentions, run_command, script_env, training_command
+
 import fwdrev.cli
 from fwdrev.cli import UsageError, run_cli
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config

@@ -7,12 +7,21 @@ import pandas as pd
 import pytest
 import torch
 
-from fwdrev.data import load_preference_data
+from fwdrev.data import DataValidationError, load_preference_data
 from fwdrev.modeling import load_for_scoring
-from fwdrev.scoring import (REWARD_COLUMNS, SCORE_COLUMNS, add_group_ids, add_reward_columns,
-                            bootstrap_mean_ci, checkpoint_summary, problem_group_ids, response_stats,
-                            score_pairs, scores_table, summarize_scores)
-from fwdrev.data import DataValidationError
+from fwdrev.scoring import (
+    REWARD_COLUMNS,
+    SCORE_COLUMNS,
+    add_group_ids,
+    add_reward_columns,
+    bootstrap_mean_ci,
+    checkpoint_summary,
+    problem_group_ids,
+    response_stats,
+    score_pairs,
+    scores_table,
+    summarize_scores,
+)
 from fwdrev.sharding import Shard, gather_table
 from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples

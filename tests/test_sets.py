@@ -3,8 +3,8 @@
 import subprocess
 
 import pytest
-
 from helpers import REPO_ROOT, script_env
+
 from fwdrev import result_tables
 from fwdrev.sets import SETS, TEST_SET_SAMPLE_TYPE, sample_types_flag
 

@@ -5,8 +5,8 @@ import sys
 
 import pandas as pd
 import pytest
-
 from helpers import REPO_ROOT
+
 from fwdrev.splits import split_by_group
 
 

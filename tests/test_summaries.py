@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-
 from helpers import REPO_ROOT, assert_mentions, load_script  # noqa: E402
+
 from fwdrev import paper_figure, result_tables  # noqa: E402
 
 summarize_results = load_script("analysis", "summarize_results")

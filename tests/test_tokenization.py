@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from fwdrev.data import DataReport, PreferenceExample
-from fwdrev.tokenization import (IGNORE_INDEX, LengthSettingsError, collate_pairs, encode_example,
-                                 encode_examples, split_halves)
+from fwdrev.tokenization import (
+    IGNORE_INDEX,
+    LengthSettingsError,
+    collate_pairs,
+    encode_example,
+    encode_examples,
+    split_halves,
+)
 
 
 class CharTokenizer:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO_ROOT, run_command, training_command
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, run_command, training_command
 from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
 from fwdrev.modeling import load_for_scoring, load_tokenizer, pick_attn_implementation

@@ -12,7 +12,6 @@ trainer that scores the sides swapped is off by 1.4e-4 at step 2.
 import math
 
 import pytest
-
 from helpers import load_script
 
 benchmark_dpo = load_script("scripts", "benchmark_dpo")
