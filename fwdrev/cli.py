@@ -49,7 +49,7 @@ def run_cli(main) -> None:
         main()
     except USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from error
     if _left_process_group and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         exit_without_teardown()
 

@@ -26,7 +26,8 @@ SPECIAL_TOKENS_PATTERN = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKEN
 
 # Qwen2's split regex: digits are split one by one, which keeps arithmetic learnable.
 QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
+    r"""\s+(?!\S)|\s+"""
 )
 
 # Qwen2.5's template, with the default system prompt when none is given.

@@ -160,7 +160,8 @@ def test_prompt_length_not_below_max_length_exits_with_code_2(tiny_model_dir, ru
 def test_prompt_budget_defaults_to_half_of_max_length_up_to_2048(max_length, expected):
     """`--max_length 512` alone used to exit 2 (the prompt budget defaulted to 2048)."""
     for script in ("analyze_dpo_model", "analyze_training_dynamics"):
-        required = (["--model_path", "m", "--dataset_path", "d", "--output_dir", "o"] if script == "analyze_dpo_model" else
+        required = (["--model_path", "m", "--dataset_path", "d", "--output_dir", "o"]
+                    if script == "analyze_dpo_model" else
                     ["--base_model", "m", "--checkpoint_dir", "c", "--output_dir", "o", "--dataset_path", "d"])
         module = analyze_dpo_model if script == "analyze_dpo_model" else analyze_training_dynamics
         args = module.parse_args(required + ["--max_length", str(max_length)])
@@ -308,7 +309,8 @@ def test_dpo_dynamics_of_full_model_checkpoints(runs, tiny_model_dir, tmp_path):
     assert firsts[["checkpoint", "stage", "epoch", "step"]].values.tolist() == [
         ["checkpoint-5", "dpo", 1, 5], ["checkpoint-10", "dpo", 2, 10]]
     # a sharper output head (larger scale) changes the log-probs
-    assert not np.allclose(table[table["epoch"] == 1]["chosen_logp_mean"], table[table["epoch"] == 2]["chosen_logp_mean"])
+    assert not np.allclose(table[table["epoch"] == 1]["chosen_logp_mean"],
+                           table[table["epoch"] == 2]["chosen_logp_mean"])
 
 
 def test_evaluate_answers_writes_answers_and_accuracy(runs, tiny_model_dir, tmp_path):

@@ -75,7 +75,9 @@ def test_flipped_rows_use_the_reverse_question_from_the_user_turn(shared_sample_
     data = load_preference_data(shared_sample_path, sample_types="flipped")
     frame = pd.read_parquet(shared_sample_path)
     assert len(data.examples) == 50
-    squash = lambda text: "".join(text.split())  # the real data re-wraps some questions
+    def squash(text):  # the real data re-wraps some questions
+        return "".join(text.split())
+
     matches = 0
     for example in data.examples:
         user_turn = squash(example.prompt.split("<|im_start|>user\n", 1)[1])

@@ -169,7 +169,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, tmp_path
 
     run_dpo(tiny_model_dir, killed, *steps, "--resume_from_checkpoint", "latest")
     resumed = final_state(killed)["log_history"]
-    losses = lambda history: {e["step"]: e["loss"] for e in history if "loss" in e}
+    def losses(history):
+        return {e["step"]: e["loss"] for e in history if "loss" in e}
+
     assert set(losses(resumed)) == set(range(1, 17))
     for step in range(1, 17):
         assert losses(resumed)[step] == pytest.approx(losses(expected)[step], abs=1e-4), step

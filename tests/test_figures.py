@@ -40,7 +40,8 @@ def analysis_table(stage, n_checkpoints, n_examples=4, shared_ids=False, seed=0)
         for i in range(n_examples):
             sample_type = "original" if i < n_examples // 2 else "flipped"
             example_id = i % (n_examples // 2) if shared_ids else i
-            row = {"checkpoint": checkpoint, "stage": stage, "epoch": epoch, "step": 10 * epoch if stage == "dpo" else None,
+            row = {"checkpoint": checkpoint, "stage": stage, "epoch": epoch,
+                   "step": 10 * epoch if stage == "dpo" else None,
                    "example_id": example_id, "sample_type": sample_type,
                    "group_id": i % (n_examples // 2)}  # problem k: rows k (original) and n/2 + k (flipped)
             for metric in METRICS:
@@ -116,7 +117,8 @@ def test_complete_deltas_fills_only_missing_points():
 
 
 def test_validate_series_rejects_unknown_codes():
-    bad = pd.DataFrame({"train_set": ["x"], "test_set": ["f"], "stage": ["sft"], "epoch": [1], "series": ["y+"], "value": [0.0]})
+    bad = pd.DataFrame({"train_set": ["x"], "test_set": ["f"], "stage": ["sft"], "epoch": [1], "series": ["y+"],
+                        "value": [0.0]})
     with pytest.raises(ValueError, match="train_set"):
         result_tables.validate_series(bad)
     with pytest.raises(ValueError, match="lacks columns"):
@@ -153,7 +155,8 @@ PUBLISHED = {
     ("mm", "sft", "y+"): {1: -0.803001133, 6: -0.339680546}, ("mm", "sft", "y-"): {1: -0.86392633, 6: -0.420635381},
     ("mm", "dpo", "y+"): {1: -0.34, 7: -0.343}, ("mm", "dpo", "y-"): {1: -0.421, 7: -0.436},
     ("ff", "sft", "delta"): {1: 0.32270614, 6: 1.413027527}, ("rr", "sft", "delta"): {1: 0.38695747, 6: 1.242241012},
-    ("fr", "sft", "delta"): {1: -0.236767696, 6: -1.36382034}, ("rf", "sft", "delta"): {1: -0.254559506, 6: -1.012593524},
+    ("fr", "sft", "delta"): {1: -0.236767696, 6: -1.36382034},
+    ("rf", "sft", "delta"): {1: -0.254559506, 6: -1.012593524},
     ("mm", "sft", "delta"): {1: 0.060925197, 6: 0.080954835}, ("mm", "dpo", "delta"): {1: 0.0811, 6: 0.092},
 }
 
@@ -249,7 +252,8 @@ def _check_outputs(stem):
 
 
 def _run(script, *args, cwd=None):
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT)
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT)
 
 
 def test_paper_cli_writes_png_pdf_svg_and_tex(tmp_path):
@@ -272,7 +276,8 @@ def test_results_dir_cli_renders_and_reports_missing_dpo(tmp_path):
 
 def test_paper_figure_without_dpo_has_no_divider_and_uses_given_options():
     series = result_tables.load_paper_values().query("stage == 'sft'")
-    result = paper_figure.plot_paper_figure(series, focus=(0.0, 0.2), share=0.4, ylim_c=(-2, 2), colors={"ff": "#000000"})
+    result = paper_figure.plot_paper_figure(series, focus=(0.0, 0.2), share=0.4, ylim_c=(-2, 2),
+                                            colors={"ff": "#000000"})
     ax_a, ax_b, ax_c = result.axes
     assert _vertical_lines(ax_b) == []  # no DPO: no divider
     assert result.settings["focus"] == (0.0, 0.2) and ax_c.get_ylim() == pytest.approx((-2, 2))

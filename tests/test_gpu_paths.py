@@ -231,7 +231,8 @@ def test_pruning_keeps_weights_everywhere_and_optimizer_state_in_the_newest(tmp_
     for step in (10, 20):
         kept = sorted(str(p.relative_to(tmp_path / f"checkpoint-{step}"))
                       for p in (tmp_path / f"checkpoint-{step}").rglob("*") if p.is_file())
-        assert kept == [PRUNED_MARKER, "adapter_model.safetensors", f"global_step{step}/zero_pp_rank_0_mp_rank_00_model_states.pt",
+        assert kept == [PRUNED_MARKER, "adapter_model.safetensors",
+                        f"global_step{step}/zero_pp_rank_0_mp_rank_00_model_states.pt",
                         "rng_state_0.pth", "trainer_state.json"]
     newest = tmp_path / "checkpoint-30"
     assert (newest / "optimizer.pt").is_file() and (newest / "scheduler.pt").is_file()

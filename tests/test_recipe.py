@@ -58,8 +58,8 @@ def test_gpu_recipe_in_order_trains_on_train_and_scores_held_out_problems(tmp_pa
     run(["bash", "dpo/7b-train_multiple_base_models.sh"], script_env(
         **tiny, OUTPUT_ROOT=f"{outputs}/", MODEL_PATHS=outputs / "sft_m", MODEL_NAMES="m",
         DATA_PATH=data / "split" / "train.parquet",
-        EXTRA_ARGS=f"{small} --max_steps 2 --save_steps 1 --warmup_steps 0 --gradient_accumulation_steps 1 --eval_size 0 "
-                   "--lora_r 4 --lora_alpha 8 --per_device_train_batch_size 4"))
+        EXTRA_ARGS=f"{small} --max_steps 2 --save_steps 1 --warmup_steps 0 --gradient_accumulation_steps 1 "
+                   "--eval_size 0 --lora_r 4 --lora_alpha 8 --per_device_train_batch_size 4"))
     # 3. the complete analysis on the held-out split (DPO adapters on their recorded base)
     result = run(["bash", "analysis/run_complete_analysis.sh"], script_env(
         **tiny, MAX_LENGTH=256, BASE_MODEL=tiny_model_dir, SFT_DIR=outputs / "sft_m", DPO_DIR=outputs / "dpo_m",

@@ -26,7 +26,7 @@ def test_schedule_equals_deepspeeds_warmup_decay_lr_update_by_update():
                              warmup_num_steps=warmup)
     ours_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     ours = torch.optim.lr_scheduler.LambdaLR(ours_opt, lambda n: warmup_decay_factor(n, warmup, total))
-    for update in range(1, total + 1):  # the lr each update runs at, as DeepSpeed's engine steps it
+    for _ in range(1, total + 1):  # the lr each update runs at, as DeepSpeed's engine steps it
         assert ours_opt.param_groups[0]["lr"] == pytest.approx(ds_opt.param_groups[0]["lr"], abs=1e-15)
         ds_opt.step(), ours_opt.step()
         ds_sched.step(), ours.step()

@@ -166,7 +166,8 @@ def test_cluster_bootstrap_of_identical_pairs_is_sqrt2_wider():
     original = rng.normal(size=300)
     values, groups = np.concatenate([original, original]), np.tile(np.arange(300), 2)
     width = lambda ci: ci[1] - ci[0]  # noqa: E731
-    ratio = width(bootstrap_mean_ci(values, samples=4000, groups=groups)) / width(bootstrap_mean_ci(values, samples=4000))
+    ratio = (width(bootstrap_mean_ci(values, samples=4000, groups=groups))
+             / width(bootstrap_mean_ci(values, samples=4000)))
     assert ratio == pytest.approx(np.sqrt(2), rel=0.1)
 
 

@@ -29,7 +29,8 @@ def paired_table(epochs=(1, 2)) -> pd.DataFrame:
             row = {"checkpoint": str(epoch), "stage": "sft", "epoch": epoch, "example_id": example_id,
                    "sample_type": sample_type, "group_id": problem}
             for name in ("logp_mean_first_k", "logp_mean", "logp_max"):
-                full_sign = -1 if (name == "logp_mean" and example_id == 0) else 1  # one row flips over the whole response
+                # one row flips over the whole response
+                full_sign = -1 if (name == "logp_mean" and example_id == 0) else 1
                 row[f"chosen_{name}"], row[f"rejected_{name}"] = -1.0, -1.0 - full_sign * delta
                 row[f"delta_{name}"] = full_sign * delta
             rows.append(row)
@@ -129,7 +130,8 @@ WRONG_Y_PLUS = re.compile(r"preferred forward|the forward (reasoning )?trace|for
 
 
 @pytest.mark.parametrize("path", ["README.md", "analysis/README.md", "visualization/README.md",
-                                  "fwdrev/result_tables.py", "fwdrev/paper_figure.py", "visualization/plot_with_wider_middle.py",
+                                  "fwdrev/result_tables.py", "fwdrev/paper_figure.py",
+                                  "visualization/plot_with_wider_middle.py",
                                   "analysis/summarize_results.py", "dpo/combined_dpo.py"])
 def test_y_plus_is_the_trace_matching_the_question_not_the_forward_trace(path):
     # On flipped rows y+ is the reverse trace: calling y+ "the forward trace" is wrong there.

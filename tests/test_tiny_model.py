@@ -72,7 +72,8 @@ def test_special_tokens_are_single_ids_with_qwen_roles(tokenizer):
 def test_chat_template_renders_qwen_format(tokenizer):
     user = [{"role": "user", "content": "Start with 7. Add 3. What is the result?"}]
     rendered = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    assert rendered == SYSTEM + "<|im_start|>user\nStart with 7. Add 3. What is the result?<|im_end|>\n" + ASSISTANT_HEADER
+    assert rendered == (SYSTEM + "<|im_start|>user\nStart with 7. Add 3. What is the result?<|im_end|>\n"
+                        + ASSISTANT_HEADER)
     with_system = [{"role": "system", "content": "Be brief."}, *user, {"role": "assistant", "content": "10"}]
     assert tokenizer.apply_chat_template(with_system, tokenize=False) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n"
@@ -84,8 +85,10 @@ def test_chat_template_renders_qwen_format(tokenizer):
 def test_sample_prompts_match_the_chat_template_and_responses_are_short(tokenizer, sample_frame):
     for row in sample_frame.to_dict("records"):
         prompt, answer = row["text"].split(ASSISTANT_HEADER, 1)
-        user = [{"role": "user", "content": row["question" if row["sample_type"] == "original" else "relevant-question"]}]
-        assert prompt + ASSISTANT_HEADER == tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        question_column = "question" if row["sample_type"] == "original" else "relevant-question"
+        user = [{"role": "user", "content": row[question_column]}]
+        rendered = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        assert prompt + ASSISTANT_HEADER == rendered
         assert 40 <= len(tokenizer(answer)["input_ids"]) <= 120
         assert tokenizer.decode(tokenizer(row["text"])["input_ids"]) == row["text"]
 

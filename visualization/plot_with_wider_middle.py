@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--markers", nargs="*", default=[], metavar="SERIES=MARKER", help="e.g. y+=o y-=v delta=s")
     p.add_argument("--output_stem", default="outputs/figures/wider_middle")
     p.add_argument("--dpi", type=int, default=400)
-    p.add_argument("--usetex", action="store_true", help="render text with LaTeX (mathtext, with a warning, when no LaTeX is installed)")
+    p.add_argument("--usetex", action="store_true",
+                   help="render text with LaTeX (mathtext, with a warning, when no LaTeX is installed)")
     p.add_argument("--label", default="fig:wider_middle", help=r"\label of the .tex snippet")
     p.add_argument("--allow_mixed_scoring", action="store_true",
                    help="plot inputs scored with different --scoring definitions together "
