@@ -29,6 +29,12 @@ from fwdrev.tokenization import IGNORE_INDEX
 DEFAULT_CHUNK_SIZE = 1024
 
 
+def chunk_size_for_budget(budget_mb: float, vocab_size: int) -> int:
+    """Tokens per head chunk whose float32 logits and their log-softmax (two (chunk, V) tensors)
+    fit in ``budget_mb`` MiB; at least 1."""
+    return max(1, int(budget_mb * 2 ** 20) // (vocab_size * 4 * 2))
+
+
 @dataclass
 class SequenceLogprobs:
     per_token: torch.Tensor  # (B, T) float32, 0 where mask is False
