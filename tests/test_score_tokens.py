@@ -1,16 +1,21 @@
 """--score_tokens K: only each response's first K tokens are scored; first-K values are exact."""
 
+import argparse
 import json
 import math
+import os
+import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import load_script
+from conftest import REPO_ROOT, load_script, script_env
 from fwdrev.data import load_preference_data
+from fwdrev.logprobs import chunk_size_for_budget
 from fwdrev.modeling import load_for_scoring
-from fwdrev.scoring import score_pairs
+from fwdrev.scoring import score_pairs, scoring_chunk_size
 from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples
 
@@ -74,3 +79,34 @@ def test_score_tokens_below_max_tokens_exits_with_code_2():
         analyze_dpo_model.parse_args(["--model_path", "m", "--dataset_path", "d", "--output_dir", "o",
                                       "--max_tokens", "1000", "--score_tokens", "999"])
     assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("launcher, env", [
+    ("analysis/run_dpo_analysis.sh", {"MODEL_PATH": "{d}", "DATASET_PATH": "{d}"}),
+    ("analysis/run_training_dynamics.sh", {"BASE_MODEL": "{d}", "CHECKPOINT_DIR": "{d}", "DATASET_PATH": "{d}"})])
+def test_launchers_pass_score_tokens_only_when_set(launcher, env, tmp_path):
+    (tmp_path / "bin").mkdir()
+    fake_torchrun = tmp_path / "bin" / "torchrun"
+    fake_torchrun.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
+    fake_torchrun.chmod(0o755)
+    env = {key: value.format(d=tmp_path) for key, value in env.items()}
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    for score_tokens in ("", "1000"):
+        (tmp_path / "args").unlink(missing_ok=True)
+        result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                                env=script_env(**env, SCORE_TOKENS=score_tokens))
+        assert result.returncode == 0, result.stderr[-2000:]
+        args = (tmp_path / "args").read_text()
+        assert ("--score_tokens 1000" in args) == bool(score_tokens) and args.count("--score_tokens") <= 1
+
+
+def test_chunk_size_for_budget():
+    # 152,064-token vocabulary: one token's logits and log-softmax are 2 x 4 x 152,064 bytes
+    assert chunk_size_for_budget(32, 152064) == 27
+    assert chunk_size_for_budget(1024, 152064) == 882
+    assert chunk_size_for_budget(0.001, 152064) == 1  # never below one token
+    args = argparse.Namespace(logprob_chunk_mb=None, logprob_chunk_size=100)
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=1024))
+    assert scoring_chunk_size(args, model) == 100
+    args.logprob_chunk_mb = 1.0
+    assert scoring_chunk_size(args, model) == 128  # 2**20 / (1024 x 8)
