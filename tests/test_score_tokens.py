@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import REPO_ROOT, load_script, script_env
 from fwdrev.data import load_preference_data
@@ -105,8 +106,13 @@ def test_chunk_size_for_budget():
     assert chunk_size_for_budget(32, 152064) == 27
     assert chunk_size_for_budget(1024, 152064) == 882
     assert chunk_size_for_budget(0.001, 152064) == 1  # never below one token
+    model = torch.nn.Linear(1, 1)
+    model.config = SimpleNamespace(vocab_size=1024)
     args = argparse.Namespace(logprob_chunk_mb=None, logprob_chunk_size=100)
-    model = SimpleNamespace(config=SimpleNamespace(vocab_size=1024))
     assert scoring_chunk_size(args, model) == 100
     args.logprob_chunk_mb = 1.0
     assert scoring_chunk_size(args, model) == 128  # 2**20 / (1024 x 8)
+    args.logprob_chunk_mb = args.logprob_chunk_size = None  # the CPU default: a 64 MiB budget
+    assert scoring_chunk_size(args, model) == 64 * 128
+    model.to("meta")  # any device but the CPU: the default chunk size
+    assert scoring_chunk_size(args, model) == 1024
