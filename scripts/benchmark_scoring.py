@@ -10,7 +10,8 @@ preference file with the same model and the same token ids (``--scoring response
                    ``log_softmax`` over the vocabulary per response position;
 * analysis_first<K>: the analysis with ``--score_tokens K`` (only the first K response tokens);
                    its ``*_first_k`` columns are compared with the full analysis's;
-* analysis_mb<N>:  the analysis with ``--logprob_chunk_mb N`` (head chunks of N MiB of logits).
+* analysis_mb<N>:  the analysis with ``--logprob_chunk_mb N`` (head chunks of N MiB of logits);
+* analysis_chunk<N>: the analysis with ``--logprob_chunk_size N`` (head chunks of N tokens).
 
 Each run is a fresh process; its wall time and its own peak RSS (``ru_maxrss`` of that child,
 from ``os.wait4``) are measured from outside, so imports, model loading and writing the outputs
@@ -40,7 +41,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANALYSIS_SCRIPT = REPO_ROOT / "analysis" / "analyze_dpo_model.py"
 SAMPLE = "/work/shared/data/data-100samples.parquet"
-ANALYSIS, ORIGINAL, FIRST, BUDGET = "analysis", "original", "analysis_first", "analysis_mb"
+ANALYSIS, ORIGINAL, FIRST, BUDGET, CHUNK = "analysis", "original", "analysis_first", "analysis_mb", "analysis_chunk"
 SIDES = ("chosen", "rejected")
 BYTES_PER_GB = 1024 ** 3
 
@@ -51,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset_path", default=SAMPLE, help="preference file; its first --rows rows are scored")
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--methods", default=f"{ANALYSIS},{ORIGINAL}",
-                        help=f"comma-separated: {ANALYSIS}, {ORIGINAL}, {FIRST}<K>, {BUDGET}<N> (e.g. "
-                             f"{FIRST}1000, {BUDGET}32)")
+                        help=f"comma-separated: {ANALYSIS}, {ORIGINAL}, {FIRST}<K>, {BUDGET}<N>, {CHUNK}<N> "
+                             f"(e.g. {FIRST}1000, {BUDGET}32, {CHUNK}1024)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median time reported)")
     parser.add_argument("--max_tokens", type=int, default=1000, help="K of the *_first_k columns")
     parser.add_argument("--analysis_args", default="",
@@ -125,6 +126,8 @@ def method_command(args, method: str, dataset: Path, workdir: Path) -> list[str]
         command += ["--score_tokens", method[len(FIRST):]]
     if method.startswith(BUDGET):
         command += ["--logprob_chunk_mb", method[len(BUDGET):]]
+    if method.startswith(CHUNK):
+        command += ["--logprob_chunk_size", method[len(CHUNK):]]
     return command
 
 
@@ -157,7 +160,7 @@ def comparisons(methods: list[str], workdir: Path) -> dict[str, dict]:
     first_columns = [f"{side}_{name}_first_k" for side in SIDES for name in ("num_tokens", "logp_sum", "logp_mean")]
     notes = {}
     for method in methods:
-        if (method == ANALYSIS or method.startswith(BUDGET)) and ORIGINAL in methods:
+        if (method == ANALYSIS or method.startswith((BUDGET, CHUNK))) and ORIGINAL in methods:
             difference = max_relative_difference(method_scores(method, workdir), method_scores(ORIGINAL, workdir),
                                                  full_columns)
             notes[method] = {"max_rel_diff": difference, "against": ORIGINAL,

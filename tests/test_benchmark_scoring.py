@@ -16,7 +16,7 @@ def test_whole_process_benchmark_values_agree(tiny_model_dir, tmp_path):
     generate_preference_rows(4, seed=5).to_parquet(data_path)
     rows, facts = benchmark_scoring.run_benchmark(benchmark_scoring.parse_args(
         ["--model_path", str(tiny_model_dir), "--dataset_path", str(data_path), "--rows", "2", "--repeats", "1",
-         "--max_tokens", "4", "--methods", "original,analysis,analysis_first4,analysis_mb1"]))
+         "--max_tokens", "4", "--methods", "original,analysis,analysis_first4,analysis_mb1,analysis_chunk3"]))
     by_method = {row["method"]: row for row in rows}
     assert facts["examples"] == 2 and facts["response_tokens"] > 8
     assert by_method["original"]["comparison"] is None
@@ -25,8 +25,9 @@ def test_whole_process_benchmark_values_agree(tiny_model_dir, tmp_path):
     assert by_method["analysis_first4"]["comparison"]["against"] == "analysis"
     assert by_method["analysis_first4"]["comparison"]["max_rel_diff"] <= 1e-6
     assert by_method["analysis_mb1"]["comparison"]["max_rel_diff"] <= 1e-4
+    assert by_method["analysis_chunk3"]["comparison"]["max_rel_diff"] <= 1e-4
     table = benchmark_scoring.format_table(rows).splitlines()
-    assert len(table) == 2 + 4 and table[2].startswith("| original |") and "| 1.00x | 1.00x | 1.000x |" in table[2]
+    assert len(table) == 2 + 5 and table[2].startswith("| original |") and "| 1.00x | 1.00x | 1.000x |" in table[2]
     for row in rows:
         assert row["seconds"] > 0 and row["cpu_seconds"] > 0 and 0.1 < row["peak_rss_gb"] < 20
 
