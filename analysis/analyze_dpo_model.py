@@ -37,6 +37,7 @@ from fwdrev.scoring import (
     sample_types_by_id,
     score_pairs,
     scores_table,
+    scoring_chunk_size,
     scoring_dtype,
     summarize_scores,
 )
@@ -87,8 +88,8 @@ def main(argv=None) -> None:
     def score(scoring_model):
         return score_pairs(scoring_model, my_pairs, tokenizer.pad_token_id,
                            batch_size=args.batch_size, first_k=args.max_tokens,
-                           chunk_size=args.logprob_chunk_size, device=device,
-                           progress=shard.is_main)
+                           chunk_size=scoring_chunk_size(args, scoring_model), device=device,
+                           progress=shard.is_main, score_tokens=args.score_tokens)
 
     name = args.checkpoint_name or Path(args.model_path).resolve().name
     step = args.step
@@ -112,9 +113,10 @@ def main(argv=None) -> None:
         write_table(merged, output_dir / "scores.csv")
         summary = summarize_scores(merged)
         write_json(output_dir / "summary.json", summary)
+        suffix, accuracy = ("_first_k", "pref_acc_first_k") if args.score_tokens else ("", "pref_acc_full")
         for subset, values in summary.items():
-            print(f"{subset:>10}: n={values['n']:4d}  mean delta_logp_mean="
-                  f"{values['means']['delta_logp_mean']:+.4f}  pref_acc_full={values['pref_acc_full']:.3f}")
+            print(f"{subset:>10}: n={values['n']:4d}  mean delta_logp_mean{suffix}="
+                  f"{values['means']['delta_logp_mean' + suffix]:+.4f}  {accuracy}={values[accuracy]:.3f}")
         print(f"wrote {output_dir}/scores.parquet, scores.csv, summary.json (--scoring {args.scoring})")
     elif not shard.launched:
         print(f"shard {shard.index} of {shard.count} written; the last shard to finish merges")

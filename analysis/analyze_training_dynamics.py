@@ -49,6 +49,7 @@ from fwdrev.scoring import (
     sample_types_by_id,
     score_pairs,
     scores_table,
+    scoring_chunk_size,
     scoring_dtype,
     subset_frames,
 )
@@ -58,7 +59,7 @@ TABLE_SUBSETS = ("all", "first50", "last50")
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.
 SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
                   "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
-                  "flipped_prompt_field", "base_model", "checkpoint_dir", "scoring")
+                  "flipped_prompt_field", "base_model", "checkpoint_dir", "scoring", "score_tokens")
 # What a part's scores depend on besides the checkpoint, base model and data content (its key).
 CONTENT_FLAGS = ("prompt_field", "chosen_field", "rejected_field", "flipped_prompt_field", "sample_types",
                  "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length", "scoring",
@@ -128,6 +129,8 @@ def current_part_keys(args, stage: str, dtype) -> dict[str, dict]:
     """Checkpoint name -> what its part must have been scored from, for every checkpoint of the
     run (not only the --epochs asked for) and the base model."""
     settings = {flag: getattr(args, flag) for flag in CONTENT_FLAGS}
+    if args.score_tokens is not None:  # only then: keys of parts scored before the flag stay valid
+        settings["score_tokens"] = args.score_tokens
     shared = {"base_fingerprint": model_fingerprint(args.base_model),
               "data_sha256": file_sha256(args.dataset_path), "settings": {**settings, "dtype": str(dtype)}}
     keys = {}
@@ -223,8 +226,8 @@ def main(argv=None) -> None:
     for checkpoint in todo:
         with models.activate(checkpoint) as model:
             scores = score_pairs(model, my_pairs, tokenizer.pad_token_id, batch_size=args.batch_size,
-                                 first_k=args.max_tokens, chunk_size=args.logprob_chunk_size,
-                                 device=device, progress=shard.is_main)
+                                 first_k=args.max_tokens, chunk_size=scoring_chunk_size(args, model),
+                                 device=device, progress=shard.is_main, score_tokens=args.score_tokens)
         table = scores_table(scores, sample_types, checkpoint.name, checkpoint.stage,
                              checkpoint.epoch, checkpoint.step, args.scoring)
         if args.allow_train_overlap and trained_on is not None:

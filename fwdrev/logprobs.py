@@ -29,6 +29,12 @@ from fwdrev.tokenization import IGNORE_INDEX
 DEFAULT_CHUNK_SIZE = 1024
 
 
+def chunk_size_for_budget(budget_mb: float, vocab_size: int) -> int:
+    """Tokens per head chunk whose float32 logits and their log-softmax (two (chunk, V) tensors)
+    fit in ``budget_mb`` MiB; at least 1."""
+    return max(1, int(budget_mb * 2 ** 20) // (vocab_size * 4 * 2))
+
+
 @dataclass
 class SequenceLogprobs:
     per_token: torch.Tensor  # (B, T) float32, 0 where mask is False
@@ -52,10 +58,16 @@ class FrozenHeadLabelLogprobs(torch.autograd.Function):
         out_dtype = torch.promote_types(hidden.dtype, torch.float32)  # float64 stays float64 (gradcheck)
         logps = torch.empty(targets.shape[0], dtype=out_dtype, device=hidden.device)
         gradient = torch.empty_like(hidden) if keep_gradient else None
+        # Two (chunk, V) buffers reused by every chunk: on the CPU a fresh tensor of that size per
+        # chunk is fresh pages from the OS each time, which costs more than the matmul itself.
+        rows_in_buffer = min(chunk_size, targets.shape[0])
+        logits_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]))
+        logps_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]), dtype=out_dtype)
         for start in range(0, targets.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
-            logits = (hidden[chunk] @ weight.T).to(out_dtype)
-            chunk_logps = logits.log_softmax(-1)
+            size = hidden[chunk].shape[0]
+            logits = torch.matmul(hidden[chunk], weight.T, out=logits_buffer[:size]).to(out_dtype)
+            chunk_logps = torch.log_softmax(logits, -1, out=logps_buffer[:size])
             del logits
             rows = torch.arange(chunk_logps.shape[0], device=hidden.device)
             logps[chunk] = chunk_logps[rows, targets[chunk]]

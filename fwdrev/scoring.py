@@ -9,6 +9,7 @@ up in the first batch, not after an hour), and never builds full-vocabulary logi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from fwdrev.data import DataValidationError, PreferenceData, load_preference_data
 from fwdrev.data_arguments import add_data_flags
-from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, scoring_logprobs
+from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, chunk_size_for_budget, scoring_logprobs
 from fwdrev.modeling import eval_mode
 from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
 from fwdrev.splits import default_group_column
@@ -45,6 +46,9 @@ REWARD_COLUMNS = ["ref_chosen_logp_sum", "ref_rejected_logp_sum", "chosen_reward
 SUMMARY_MEANS = ["chosen_logp_mean", "rejected_logp_mean", "delta_logp_mean",
                  "chosen_logp_mean_first_k", "rejected_logp_mean_first_k", "delta_logp_mean_first_k",
                  "chosen_logp_sum", "rejected_logp_sum", "delta_logp_sum"]
+# CPU scoring's default head chunk (55 tokens at 152k vocabulary): the fastest whole-process
+# analysis measured, 0.8x the original's time (README, Benchmarks); larger chunks are slower there.
+CPU_CHUNK_MB = 64
 HEAD_TAIL_SIZE = 50  # the "first50" / "last50" subsets of the original analysis
 BOOTSTRAP_SAMPLES = 1000
 
@@ -74,11 +78,18 @@ def pair_length(pair: TokenizedPair) -> int:
 
 def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_size: int = 2,
                 first_k: int = 1000, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                device: torch.device | str | None = None, progress: bool = False) -> pd.DataFrame:
+                device: torch.device | str | None = None, progress: bool = False,
+                score_tokens: int | None = None) -> pd.DataFrame:
     """Score chosen and rejected responses of ``pairs``; one row per pair, in input order.
 
     Columns: example_id, ``{chosen,rejected}_{STAT_NAMES}`` and ``delta_{DELTA_STATS}``.
+    ``score_tokens`` K (>= ``first_k``): only each response's first K tokens are run through the
+    model (a causal model gives them the values of full scoring); see ``first_tokens_only``.
     """
+    full_pairs = pairs
+    if score_tokens is not None:
+        pairs = [dataclasses.replace(pair, chosen_ids=pair.chosen_ids[:score_tokens],
+                                     rejected_ids=pair.rejected_ids[:score_tokens]) for pair in pairs]
     device = device if device is not None else next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: -pair_length(pairs[i]))
     rows: dict[int, dict] = {}
@@ -100,8 +111,22 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_s
                 rows[index] = row
     columns = ["example_id"] + [f"{side}_{name}" for side in SIDES for name in STAT_NAMES]
     frame = pd.DataFrame([rows[i] for i in range(len(pairs))], columns=columns)
+    if score_tokens is not None:
+        frame = first_tokens_only(frame, full_pairs, score_tokens)
     for name in DELTA_STATS:
         frame[f"delta_{name}"] = frame[f"chosen_{name}"] - frame[f"rejected_{name}"]
+    return frame
+
+
+def first_tokens_only(frame: pd.DataFrame, full_pairs: list[TokenizedPair], score_tokens: int) -> pd.DataFrame:
+    """Scores of responses cut to their first ``score_tokens`` tokens: the whole-response
+    log-prob columns are NaN (never a first-K sum that reads as a full one), ``num_tokens`` stays
+    the whole response's length, and a ``score_tokens`` column says what was scored."""
+    frame = frame.copy()
+    for side in SIDES:
+        frame[f"{side}_num_tokens"] = [len(getattr(pair, f"{side}_ids")) for pair in full_pairs]
+        frame[[f"{side}_logp_sum", f"{side}_logp_mean", f"{side}_logp_max"]] = float("nan")
+    frame["score_tokens"] = np.int64(score_tokens)
     return frame
 
 
@@ -238,13 +263,15 @@ def summarize_subset(frame: pd.DataFrame, seed: int = 0, group_column: str | Non
     The 95% CIs resample whole problems (``group_column``; None = rows independent).
     """
     groups = table_groups(frame, group_column)
-    numeric = [c for c in frame.columns if c not in META_COLUMNS and c != group_column
+    numeric = [c for c in frame.columns if c not in META_COLUMNS and c not in (group_column, "score_tokens")
                and pd.api.types.is_numeric_dtype(frame[c])]
     summary = {"n": int(len(frame)),
                "n_problems": int(len(frame) if groups is None else pd.Series(groups).nunique()),
                "means": {c: _float(frame[c].mean()) for c in numeric}, **preference_accuracies(frame)}
     if "scoring" in frame:
         summary["scoring"] = table_scoring(frame)
+    if "score_tokens" in frame:  # whole-response means are NaN: only first-K tokens were scored
+        summary["score_tokens"] = int(frame["score_tokens"].max())
     ci_columns = [c for c in numeric if c.startswith("delta_")]
     if "reward_margin" in frame:
         summary["reward_accuracy"] = _share_positive(frame["reward_margin"])
@@ -297,9 +324,14 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_flags(parser)  # --prompt_field ... --max_prompt_length, as the training scripts have them
     parser.add_argument("--max_tokens", type=int, default=1000,
                         help="K of the *_first_k columns: statistics over the first K response tokens.")
+    parser.add_argument("--score_tokens", type=int, default=None, help="Score only each response's first "
+                        "K (>= --max_tokens) tokens: *_first_k exact, whole-response log-probs NaN.")
     parser.add_argument("--batch_size", type=int, default=2, help="Pairs per forward pass.")
-    parser.add_argument("--logprob_chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
-                        help="Response tokens per output-head chunk (bounds logits memory).")
+    parser.add_argument("--logprob_chunk_size", type=int, default=None,
+                        help="Response tokens per output-head chunk (bounds logits memory); default "
+                             f"{DEFAULT_CHUNK_SIZE} on GPUs, {CPU_CHUNK_MB} MiB of logits on the CPU.")
+    parser.add_argument("--logprob_chunk_mb", type=float, default=None,
+                        help="Instead of --logprob_chunk_size: the chunk whose logits fit in this many MiB.")
     parser.add_argument("--gpu_id", type=int, default=0, help="CUDA device of a single-process run.")
     parser.add_argument("--use_flash_attention", action="store_true",
                         help="flash_attention_2 if flash-attn and CUDA are present, else SDPA.")
@@ -329,6 +361,9 @@ def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.N
         check_lengths(args.max_length, args.max_prompt_length)
     except LengthSettingsError as error:
         parser.error(str(error))
+    if args.score_tokens is not None and args.score_tokens < args.max_tokens:
+        parser.error(f"--score_tokens {args.score_tokens} is below --max_tokens {args.max_tokens}: the "
+                     "*_first_k columns need the first --max_tokens tokens scored")
     if args.scoring == "original" and args.max_tokens < MIN_MAX_TOKENS:
         parser.error(f"--scoring original needs --max_tokens >= {MIN_MAX_TOKENS} (it drops the "
                      f"first of the first --max_tokens tokens), got {args.max_tokens}")
@@ -348,6 +383,17 @@ def load_scoring_pairs(args, tokenizer) -> tuple[PreferenceData, list[TokenizedP
         pairs = encode_examples(tokenizer, data.examples, args.max_length, args.max_prompt_length,
                                 data.report)
     return data, pairs
+
+
+def scoring_chunk_size(args, model) -> int:
+    """--logprob_chunk_mb's chunk for the model's vocabulary, else --logprob_chunk_size, else the
+    device's default (``DEFAULT_CHUNK_SIZE`` on GPUs, ``CPU_CHUNK_MB`` on the CPU)."""
+    budget_mb = args.logprob_chunk_mb
+    if budget_mb is None and args.logprob_chunk_size is not None:
+        return args.logprob_chunk_size
+    if budget_mb is None and next(model.parameters()).device.type != "cpu":
+        return DEFAULT_CHUNK_SIZE
+    return chunk_size_for_budget(CPU_CHUNK_MB if budget_mb is None else budget_mb, model.config.vocab_size)
 
 
 def scoring_dtype(device: torch.device) -> torch.dtype:

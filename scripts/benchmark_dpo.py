@@ -16,7 +16,8 @@ latter is far less sensitive to other programs on the machine); the figures are 
 2..N (step 1 of our trainer also holds its reference pass, which TRL does at construction), pooled
 over ``--rounds`` alternating runs of the trainers.
 
-From the repo root (TRL is a benchmark-only dependency: ``pip install -r requirements-bench.txt``):
+From the repo root (TRL 1.16.0 is pinned in requirements.txt, a test dependency of
+tests/test_trl_parity.py; requirements-bench.txt installs it alone):
 
     python scripts/benchmark_dpo.py                            # 5 steps, responses 1000-2000 tokens (~5 min)
     python scripts/benchmark_dpo.py --max_response_tokens 4000           # the 1000-4000 range (~15 min)
@@ -243,7 +244,7 @@ def run_worker(args) -> dict:
 # ---- driver ------------------------------------------------------------------------------------
 def trl_missing_reason() -> str | None:
     if importlib.util.find_spec("trl") is None:
-        return "TRL is not installed (pip install -r requirements-bench.txt)"
+        return "TRL is not installed (pip install trl==1.16.0, pinned in requirements.txt)"
     return None
 
 
@@ -274,6 +275,8 @@ def summarize(method: str, runs: list[dict]) -> dict:
         "rounds": len(runs),
         "steps": len(first["steps"]),
         "tokens_per_s": statistics.median(s["tokens"] / s["seconds"] for s in steady),
+        # CPU time: far less sensitive than wall time to other programs on a shared machine
+        "tokens_per_cpu_s": statistics.median(s["tokens"] / s["cpu_seconds"] for s in steady),
         "step_seconds": statistics.median(s["seconds"] for s in steady),
         "step_cpu_seconds": statistics.median(s["cpu_seconds"] for s in steady),
         "end_to_end_seconds": statistics.median(run["end_to_end_seconds"] for run in runs),
@@ -311,15 +314,16 @@ def method_label(row: dict) -> str:
 
 
 def format_table(rows: list[dict], first: int = 3) -> str:
-    lines = ["| method | steps | tokens/s (wall) | step s (wall) | step CPU s | end-to-end s "
+    lines = ["| method | steps | tokens/s (wall) | tokens per CPU s | step s (wall) | step CPU s | end-to-end s "
              f"| peak RSS GB | first {first} losses |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {method_label(row)} | unavailable: {row['error']} | | | | | | |")
+            lines.append(f"| {method_label(row)} | unavailable: {row['error']} | | | | | | | |")
             continue
         losses = ", ".join(f"{loss:.4f}" for loss in row["losses"][:first])
         lines.append(f"| {method_label(row)} | {row['steps']} | {row['tokens_per_s']:,.0f} "
+                     f"| {row['tokens_per_cpu_s']:,.0f} "
                      f"| {row['step_seconds']:.2f} | {row['step_cpu_seconds']:.2f} "
                      f"| {row['end_to_end_seconds']:.1f} "
                      f"| {row['peak_rss_gb']:.2f} | {losses} |")
@@ -333,6 +337,9 @@ def comparison_lines(rows: list[dict]) -> list[str]:
     if OURS in done and TRL in done:
         ours, trl = done[OURS], done[TRL]
         lines += [
+            f"ratios ours / TRL: tokens per CPU s {ours['tokens_per_cpu_s'] / trl['tokens_per_cpu_s']:.2f}x, "
+            f"tokens/s (wall) {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x, "
+            f"peak RSS {ours['peak_rss_gb'] / trl['peak_rss_gb']:.2f}x",
             f"ratios TRL / ours: tokens/s {trl['tokens_per_s'] / ours['tokens_per_s']:.2f}x, "
             f"CPU s per step {trl['step_cpu_seconds'] / ours['step_cpu_seconds']:.2f}x, "
             f"peak RSS {trl['peak_rss_gb'] / ours['peak_rss_gb']:.2f}x",

@@ -12,13 +12,17 @@ Every run is a fresh subprocess, so its peak RSS (``ru_maxrss``) is its own; the
 is the peak minus the RSS once the inputs exist. The methods run in ``--repeats`` interleaved rounds
 and each time is the median of its runs (other programs' load then hits every method alike).
 ``--backward`` adds the backward pass (the training case; gradients flow to the hidden states only,
-as in LoRA training where the output head is frozen).
+as in LoRA training where the output head is frozen, so ``label_logprobs`` takes its frozen-head
+path: each label's hidden-state gradient is computed in the forward chunk loop).
 
 From the repo root (times on 2 CPU cores):
 
     python scripts/benchmark_logprobs.py                      # forward, T=4096, V=152064, H=512 (~2.5 min)
     python scripts/benchmark_logprobs.py --backward           # forward + backward (~5-10 min)
     python scripts/benchmark_logprobs.py --seq_len 8192 --chunk_sizes 256,1024,4096
+    python scripts/benchmark_logprobs.py --whole_process --model_path ./models/tiny-qwen2.5
+                 # whole processes: analysis/analyze_dpo_model.py vs. the original's method on real
+                 # rows (scripts/benchmark_scoring.py; its --help lists the flags)
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backward", action="store_true", help="time forward + backward (training)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--whole_process", action="store_true",
+                        help="run scripts/benchmark_scoring.py with the other flags instead")
     # Internal: run one method in this process and write its figures to a JSON file.
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result_file", default=None, help=argparse.SUPPRESS)
@@ -296,7 +302,21 @@ def run_benchmark(args) -> tuple[list[dict], int]:
     return summarize(results, args), results[0]["threads"]
 
 
+def run_whole_process_benchmark(argv: list[str]) -> None:
+    import importlib.util
+
+    path = Path(__file__).with_name("benchmark_scoring.py")
+    spec = importlib.util.spec_from_file_location("benchmark_scoring", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(argv)
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--whole_process" in argv:
+        run_whole_process_benchmark([arg for arg in argv if arg != "--whole_process"])
+        return
     args = parse_args(argv)
     if args.worker:
         Path(args.result_file).write_text(json.dumps(run_worker(args)))
