@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fwdrev.scoring import GROUP_COLUMN, add_group_ids, bootstrap_mean_ci
+from fwdrev.bootstrap import bootstrap_mean_ci
+from fwdrev.scoring import GROUP_COLUMN, add_group_ids
 from fwdrev.sets import SETS, TEST_SET_SAMPLE_TYPE
 
 TIDY_COLUMNS = ["train_set", "test_set", "stage", "epoch", "series", "value"]

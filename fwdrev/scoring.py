@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from fwdrev.bootstrap import bootstrap_mean_ci
 from fwdrev.data import DataValidationError, PreferenceData, load_preference_data
 from fwdrev.data_arguments import add_data_flags
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, chunk_size_for_budget, scoring_logprobs
@@ -50,7 +51,6 @@ SUMMARY_MEANS = ["chosen_logp_mean", "rejected_logp_mean", "delta_logp_mean",
 # analysis measured, 0.8x the original's time (README, Benchmarks); larger chunks are slower there.
 CPU_CHUNK_MB = 64
 HEAD_TAIL_SIZE = 50  # the "first50" / "last50" subsets of the original analysis
-BOOTSTRAP_SAMPLES = 1000
 
 
 def response_stats(per_token: torch.Tensor, mask: torch.Tensor, first_k: int) -> dict[str, torch.Tensor]:
@@ -215,30 +215,6 @@ def add_group_ids(table: pd.DataFrame, group_ids: dict[int, int]) -> pd.DataFram
         raise ValueError(f"example_id(s) {sorted(unknown)[:20]} have no problem key")
     table[GROUP_COLUMN] = table[GROUP_COLUMN].astype("int64")
     return table
-
-
-def bootstrap_mean_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
-                      level: float = 0.95, groups=None) -> list[float]:
-    """Percentile bootstrap confidence interval of the mean (NaNs dropped).
-
-    ``groups`` (one key per value): resample whole groups (cluster bootstrap) and take the
-    mean over all values of the drawn groups; None = the values are independent.
-    """
-    values = np.asarray(values, dtype=float)
-    groups = np.arange(values.size) if groups is None else np.asarray(groups)
-    if groups.shape != values.shape:
-        raise ValueError(f"{groups.size} group keys for {values.size} values")
-    keep = ~np.isnan(values)
-    values, groups = values[keep], groups[keep]
-    if values.size == 0:
-        return [float("nan"), float("nan")]
-    _, group_index = np.unique(groups, return_inverse=True)
-    sums, counts = np.bincount(group_index, weights=values), np.bincount(group_index)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, sums.size, size=(samples, sums.size))
-    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
 def table_groups(frame: pd.DataFrame, group_column: str | None = GROUP_COLUMN):

@@ -50,8 +50,14 @@ import transformers
 
 from fwdrev.data import load_preference_data
 from fwdrev.modeling import load_causal_lm, load_tokenizer, make_lora_config
-from fwdrev.synthetic import (forward_question, forward_thinking, generate_preference_rows,
-                              make_problem, render_conversation, reverse_thinking)
+from fwdrev.synthetic import (
+    forward_question,
+    forward_thinking,
+    generate_preference_rows,
+    make_problem,
+    render_conversation,
+    reverse_thinking,
+)
 from fwdrev.tiny_model import build_tiny_model, train_tokenizer
 from fwdrev.tokenization import encode_examples
 

@@ -2,8 +2,8 @@
 (full logits + per-position log_softmax) and --score_tokens agree; figures are measured."""
 
 import pytest
-
 from conftest import load_script
+
 from fwdrev.synthetic import generate_preference_rows
 
 benchmark_scoring = load_script("scripts", "benchmark_scoring")

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO_ROOT, load_script, script_env
+
 from fwdrev.data import load_preference_data
 from fwdrev.logprobs import chunk_size_for_budget
 from fwdrev.modeling import load_for_scoring

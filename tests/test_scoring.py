@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fwdrev.bootstrap import bootstrap_mean_ci
 from fwdrev.data import DataValidationError, load_preference_data
 from fwdrev.modeling import load_for_scoring
 from fwdrev.scoring import (
@@ -14,7 +15,6 @@ from fwdrev.scoring import (
     SCORE_COLUMNS,
     add_group_ids,
     add_reward_columns,
-    bootstrap_mean_ci,
     checkpoint_summary,
     problem_group_ids,
     response_stats,
