@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: set up the environment (idempotent), then run the whole pytest suite.
+# The test command: set up the environment (idempotent), lint, then run the whole pytest suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,4 +9,5 @@ cd "${REPO_ROOT}"
 # DeepSpeed compiles its C++ ops once per machine and caches them here.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-${HOME}/.cache/torch_extensions}"
 export MPLBACKEND=Agg
+python -m ruff check .  # lint first (pyproject.toml [tool.ruff]); a finding fails the run
 python -m pytest "$@"
