@@ -34,7 +34,7 @@ from fwdrev.checkpoints import CheckpointModels, base_checkpoint, discover_check
 from fwdrev.cli import UsageError, run_cli
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import write_json, write_table
-from fwdrev.modeling import load_tokenizer, pick_attn_implementation
+from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
 from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
 from fwdrev.scoring import (
     META_COLUMNS,
@@ -53,7 +53,7 @@ from fwdrev.scoring import (
     scoring_dtype,
     subset_frames,
 )
-from fwdrev.sharding import current_shard, gather_table, read_key
+from fwdrev.sharding import by_example_id, current_shard, gather_table, read_key, write_parquet
 
 TABLE_SUBSETS = ("all", "first50", "last50")
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.
@@ -79,9 +79,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Checkpoint layout: <epoch>/ (sft) or checkpoint-<step>/ (dpo).")
     parser.add_argument("--include_base", action="store_true",
                         help="Also score the base model (checkpoint 'base', epoch 0).")
+    parser.add_argument("--shard_by", choices=("auto", "examples", "checkpoints"), default="auto",
+                        help="With several processes: split the examples of every checkpoint, or give "
+                             "each process whole checkpoints (auto: whole checkpoints for a series of "
+                             "full models, so each is loaded by one process only; examples for LoRA "
+                             "adapters, which share one loaded base).")
     add_scoring_arguments(parser)
     add_group_argument(parser)
     return parse_scoring_args(parser, argv)
+
+
+def shards_whole_checkpoints(args, shard, checkpoints) -> bool:
+    """Whether each process scores whole checkpoints (all examples) instead of an example shard."""
+    if shard.count == 1 or args.shard_by == "examples":
+        return False
+    if args.shard_by == "checkpoints":
+        return True
+    return not any(c.path is not None and is_adapter_dir(c.path) for c in checkpoints)
 
 
 def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
@@ -214,7 +228,8 @@ def main(argv=None) -> None:
     if shard.is_main:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")
-    my_pairs = shard.take(pairs, pair_length)
+    whole_checkpoints = shards_whole_checkpoints(args, shard, checkpoints)
+    my_pairs = pairs if whole_checkpoints else shard.take(pairs, pair_length)
     sample_types = sample_types_by_id(data)
     device = shard.device(args.gpu_id)
     keys = current_part_keys(args, stage, scoring_dtype(device))
@@ -223,6 +238,8 @@ def main(argv=None) -> None:
 
     models = CheckpointModels(args.base_model, scoring_dtype(device), device,
                               pick_attn_implementation(args.use_flash_attention), args.force_base_model)
+    if whole_checkpoints:  # by position in the whole series, so separate runs never overlap or skip
+        todo = [c for c in checkpoints[shard.index :: shard.count] if c in todo]
     for checkpoint in todo:
         with models.activate(checkpoint) as model:
             scores = score_pairs(model, my_pairs, tokenizer.pad_token_id, batch_size=args.batch_size,
@@ -232,10 +249,15 @@ def main(argv=None) -> None:
                              checkpoint.epoch, checkpoint.step, args.scoring)
         if args.allow_train_overlap and trained_on is not None:
             table["trained_on"] = table["example_id"].map(trained_on).astype(bool)
-        if gather_table(shard, table, part_file(output_dir, checkpoint), [p.example_id for p in pairs],
-                        keys[checkpoint.name]) is not None:
+        if whole_checkpoints:  # this process's own checkpoint, every example: its part, as it is
+            write_parquet(by_example_id(table), part_file(output_dir, checkpoint), keys[checkpoint.name])
+            print(f"checkpoint {checkpoint.name} scored (process {shard.index})")
+        elif gather_table(shard, table, part_file(output_dir, checkpoint), [p.example_id for p in pairs],
+                          keys[checkpoint.name]) is not None:
             rebuild_tables(output_dir, keys, args.scoring, group_ids)
             print(f"checkpoint {checkpoint.name} scored")
+    if whole_checkpoints:
+        shard.barrier()  # every part written before rank 0 merges them
     if shard.is_main or not shard.launched:
         table = rebuild_tables(output_dir, keys, args.scoring, group_ids)
         if table is not None:

@@ -123,7 +123,7 @@ class CheckpointModels:
         self._adapter: str | None = None
 
     def _load(self, path) -> torch.nn.Module:
-        model = load_causal_lm(str(path), self.dtype, self.attn_implementation)
+        model = load_causal_lm(str(path), self.dtype, self.attn_implementation, device=self.device)
         return model.to(self.device).eval()
 
     def _shared_base(self):

@@ -53,12 +53,14 @@ def default_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, device: torch.device | str | None = None):
+    """``device``: load the weights straight onto it (no CPU copy of a GPU model first)."""
     from transformers import AutoModelForCausalLM
 
+    placement = {"device_map": {"": str(device)}} if device is not None and str(device) != "cpu" else {}
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code)
+        trust_remote_code=trust_remote_code, **placement)
 
 
 def is_adapter_dir(path: str | Path) -> bool:

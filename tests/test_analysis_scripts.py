@@ -313,6 +313,26 @@ def test_dpo_dynamics_of_full_model_checkpoints(runs, tiny_model_dir, tmp_path):
                            table[table["epoch"] == 2]["chosen_logp_mean"])
 
 
+def test_full_model_series_is_sharded_by_whole_checkpoints(runs, tiny_model_dir, tmp_path, capsys):
+    """Each process loads and scores whole checkpoints of a full-model series (not every model)."""
+    single = tmp_path / "single"
+    dynamics(runs, tiny_model_dir, single, series="dpo")
+    sharded = tmp_path / "sharded"
+    capsys.readouterr()
+    for index in (1, 0):  # separate runs, in either order
+        dynamics(runs, tiny_model_dir, sharded, "--num_shards", "2", "--shard_id", str(index), series="dpo")
+    printed = capsys.readouterr().out
+    # checkpoints in step order: checkpoint-5 (position 0) to shard 0, checkpoint-10 to shard 1
+    assert_mentions(printed, "checkpoint checkpoint-10 scored (process 1)",
+                    "checkpoint checkpoint-5 scored (process 0)")
+    assert printed.count("scored (process") == 2  # no checkpoint scored twice
+    pd.testing.assert_frame_equal(pd.read_parquet(sharded / "all.parquet"), pd.read_parquet(single / "all.parquet"),
+                                  **SCORE_TOLERANCE)
+    lora = tmp_path / "lora"  # adapters share one loaded base: their examples are split instead
+    dynamics(runs, tiny_model_dir, lora, "--num_shards", "2", "--shard_id", "0")
+    assert "scored (process" not in capsys.readouterr().out
+
+
 def test_evaluate_answers_writes_answers_and_accuracy(runs, tiny_model_dir, tmp_path):
     evaluate_answers.main(["--model_path", str(tiny_model_dir), "--dataset_path", str(runs / "rows.parquet"),
                            "--output_dir", str(tmp_path), "--max_new_tokens", "6", "--batch_size", "4"])
