@@ -2,7 +2,7 @@
 (full logits + per-position log_softmax) and --score_tokens agree; figures are measured."""
 
 import pytest
-from conftest import load_script
+from helpers import load_script
 
 from fwdrev.synthetic import generate_preference_rows
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO_ROOT, load_script, script_env
+from helpers import REPO_ROOT, load_script, script_env
 
 from fwdrev.data import load_preference_data
 from fwdrev.logprobs import chunk_size_for_budget

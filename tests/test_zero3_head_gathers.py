@@ -5,7 +5,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import REPO_ROOT, script_env, torchrun_command
+from helpers import REPO_ROOT, script_env, torchrun_command
 
 
 @pytest.mark.slow
