@@ -19,33 +19,21 @@ tokenizer, checkpoint-<step>/ folders, metrics.csv, TensorBoard logs (runs/), ru
 data_report.json, reference_logps.parquet, and merged/ with --merge_weights.
 """
 
-import logging
-
 from fwdrev.checkpoint_pruning import OptimizerStatePruning
 from fwdrev.cli import run_cli
 from fwdrev.data_arguments import DataArguments
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
 from fwdrev.reference import ReferenceMode, reference_cache_key
-from fwdrev.run_folder import check_output_dir, run_is_complete
 from fwdrev.tokenization import PairDataset
 from fwdrev.training import (
     MetricsCSVCallback,
     ModelArguments,
-    check_attention_precision,
-    finish_distributed,
     load_policy,
     load_reference_model,
-    load_training_tokenizer,
-    merge_final_model,
-    parse_arguments,
-    prepare_training_data,
-    resolve_resume_checkpoint,
-    save_final_model,
-    setup_logging,
-    write_run_config_and_data_report,
+    prepare_run_data,
+    start_run,
+    train_and_save,
 )
-
-logger = logging.getLogger("combined_dpo")
 
 # How the script runs; the hyper-parameters are in the recipe (recipes/dpo/lora.yaml unless
 # --config names another, e.g. --config original), and command-line flags override both.
@@ -59,17 +47,9 @@ DEFAULT_RECIPE = "lora"
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_arguments(
-        (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv,
-        stage="dpo", default_recipe=DEFAULT_RECIPE)
-    setup_logging(args)
-    check_attention_precision(model_args, args)
-    check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
-    tokenizer = load_training_tokenizer(model_args)
-    data, train_pairs, eval_pairs = prepare_training_data(model_args, data_args, args, tokenizer)
-    if not eval_pairs:
-        args.eval_strategy = "no"  # nothing held out
-    write_run_config_and_data_report(model_args, data_args, args, data, train_pairs, eval_pairs)
+    model_args, data_args, args, tokenizer = start_run(
+        (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv, "dpo", DEFAULT_RECIPE)
+    data, train_pairs, eval_pairs = prepare_run_data(model_args, data_args, args, tokenizer)
 
     model = load_policy(model_args, args)
     reference_mode = ReferenceMode.choose(model_args, args)
@@ -92,15 +72,7 @@ def main(argv=None):
         data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
         callbacks=callbacks, reference_mode=reference_mode, reference_key=reference_key,
         ref_model=ref_model)
-    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if run_is_complete(trainer, resume_from):
-        finish_distributed(trainer)
-        return
-    trainer.train(resume_from_checkpoint=resume_from)
-    save_final_model(trainer, model_args, tokenizer)
-    logger.info("done: %s", args.output_dir)
-    # the merge runs on rank 0 once the process group is gone
-    finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
+    train_and_save(trainer, model_args, tokenizer)
 
 
 if __name__ == "__main__":

@@ -362,3 +362,45 @@ def training_tokenizer_source(model_args: ModelArguments) -> str:
 def load_training_tokenizer(model_args: ModelArguments):
     """The tokenizer saved with ``init_adapter`` if any, else the base model's."""
     return load_tokenizer(training_tokenizer_source(model_args), model_args.trust_remote_code)
+
+
+def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe: str):
+    """What every training script does first: parse (recipe + flags), log, check, load the
+    tokenizer. Returns (model_args, data_args, training_args, tokenizer)."""
+    from fwdrev.run_folder import check_output_dir
+
+    model_args, data_args, args = parse_arguments(dataclass_types, defaults, argv, stage=stage,
+                                                  default_recipe=default_recipe)
+    setup_logging(args)
+    check_attention_precision(model_args, args)
+    check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
+    return model_args, data_args, args, load_training_tokenizer(model_args)
+
+
+def prepare_run_data(model_args, data_args, args, tokenizer, with_rejected: bool = True):
+    """Load, tokenize and split the data, switch evaluation off when nothing is held out, and
+    write run_config.json and data_report.json. Returns (data, train items, eval items)."""
+    data, train_items, eval_items = prepare_training_data(model_args, data_args, args, tokenizer,
+                                                          with_rejected=with_rejected)
+    if not eval_items:
+        args.eval_strategy = "no"  # nothing held out
+    write_run_config_and_data_report(model_args, data_args, args, data, train_items, eval_items)
+    return data, train_items, eval_items
+
+
+def train_and_save(trainer, model_args, tokenizer) -> None:
+    """Train (resuming if asked; a finished run trains nothing), save, leave the process group,
+    and merge the adapter on rank 0 once the group is gone."""
+    from fwdrev.run_folder import run_is_complete
+
+    args = trainer.args
+    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if run_is_complete(trainer, resume_from):
+        finish_distributed(trainer)
+        return
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+    save_final_model(trainer, model_args, tokenizer)
+    logger.info("done: %s", args.output_dir)
+    finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))

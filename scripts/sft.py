@@ -23,29 +23,17 @@ question column + a plain response column, rendered with the chat template). Eve
 data_report.json, and merged/ with --merge_weights.
 """
 
-import logging
-
 from fwdrev.cli import run_cli
-from fwdrev.run_folder import check_output_dir, run_is_complete
 from fwdrev.sft import EpochCheckpointCallback, SFTArguments, SFTCollator, SFTDataArguments, SFTTrainer
 from fwdrev.tokenization import PairDataset
 from fwdrev.training import (
     MetricsCSVCallback,
     ModelArguments,
-    check_attention_precision,
-    finish_distributed,
     load_policy,
-    load_training_tokenizer,
-    merge_final_model,
-    parse_arguments,
-    prepare_training_data,
-    resolve_resume_checkpoint,
-    save_final_model,
-    setup_logging,
-    write_run_config_and_data_report,
+    prepare_run_data,
+    start_run,
+    train_and_save,
 )
-
-logger = logging.getLogger("sft")
 
 # How the script runs; the hyper-parameters are in the recipe (recipes/sft/s1.yaml unless
 # --config names another, e.g. --config lora), and command-line flags override both.
@@ -62,18 +50,9 @@ DEFAULT_RECIPE = "s1"
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_arguments(
-        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv,
-        stage="sft", default_recipe=DEFAULT_RECIPE)
-    setup_logging(args)
-    check_attention_precision(model_args, args)
-    check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
-    tokenizer = load_training_tokenizer(model_args)
-    data, train_rows, eval_rows = prepare_training_data(model_args, data_args, args, tokenizer,
-                                                        with_rejected=False)
-    if not eval_rows:
-        args.eval_strategy = "no"  # nothing held out
-    write_run_config_and_data_report(model_args, data_args, args, data, train_rows, eval_rows)
+    model_args, data_args, args, tokenizer = start_run(
+        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv, "sft", DEFAULT_RECIPE)
+    data, train_rows, eval_rows = prepare_run_data(model_args, data_args, args, tokenizer, with_rejected=False)
 
     callbacks = [MetricsCSVCallback()]
     if data_args.probe_every > 0:
@@ -93,17 +72,7 @@ def main(argv=None):
         callbacks=callbacks)
     if args.save_every_epoch:
         trainer.add_callback(EpochCheckpointCallback(trainer))
-    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if run_is_complete(trainer, resume_from):
-        finish_distributed(trainer)
-        return
-    if resume_from:
-        logger.info("resuming from %s", resume_from)
-    trainer.train(resume_from_checkpoint=resume_from)
-    save_final_model(trainer, model_args, tokenizer)
-    logger.info("done: %s", args.output_dir)
-    # the merge runs on rank 0 once the process group is gone
-    finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
+    train_and_save(trainer, model_args, tokenizer)
 
 
 if __name__ == "__main__":
