@@ -73,8 +73,11 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
     from fwdrev.data import load_preference_data
     from fwdrev.tokenization import default_max_prompt_length, encode_examples
 
+    from fwdrev.scoring import scoring_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the original ran on a GPU
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=scoring_dtype(device)).to(device).eval()
     data = load_preference_data(dataset_path, tokenizer=tokenizer)  # the analysis's defaults
     pairs = encode_examples(tokenizer, data.examples, 20000, default_max_prompt_length(20000), data.report)
     rows = []
@@ -83,7 +86,7 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
         for side in SIDES:
             ids = pair.prompt_ids + getattr(pair, f"{side}_ids")
             with torch.no_grad():
-                logits = model(torch.tensor([ids])).logits[0]  # (T, V): every position's logits
+                logits = model(torch.tensor([ids], device=device)).logits[0]  # (T, V): every position's logits
                 values = []
                 for position in range(len(pair.prompt_ids), len(ids)):  # logits at t-1 score token t
                     log_probs = torch.log_softmax(logits[position - 1].float(), dim=-1)

@@ -7,7 +7,10 @@
 #   (b) the analysis (analysis/analyze_dpo_model.py) of each run's checkpoint-2 (on its own
 #       training rows, so --allow_train_overlap: this checks the path, not held-out numbers);
 #   (c) a table: peak memory per GPU, tokens/s, MFU (formula printed; GPU_PEAK_TFLOPS, default
-#       989 = H100/H200 dense bf16). Exit status non-zero on any failure.
+#       989 = H100/H200 dense bf16);
+#   (d) scoring speed: the analysis against the original's full logits + per-token log_softmax
+#       loop (scripts/benchmark_scoring.py) on 2 rows of the first length, on one GPU.
+# Exit status non-zero on any failure.
 #
 #   bash scripts/gpu_check.sh            # GPUs: 7B shape, 8k and 20k tokens (disk: ~16 GB model)
 #   bash scripts/gpu_check.sh --tiny     # CPU/CI: the tiny model, 192 tokens, 1 process
@@ -87,6 +90,13 @@ for seq_len in ${SEQ_LENGTHS}; do
         --allow_train_overlap --batch_size 1 $([[ "${GPU_COUNT}" -gt 0 ]] && echo --use_flash_attention)
     check_dirs+=("${run_dir}")
 done
+
+first_run="${check_dirs[0]}"
+echo "=== (d) scoring: analysis/analyze_dpo_model.py vs. the original's full logits + per-token loop (log: ${CHECK_DIR}/scoring.log)"
+run_logged "${CHECK_DIR}/scoring.log" python scripts/benchmark_scoring.py --model_path "${MODEL_DIR}" \
+    --dataset_path "${first_run}/data.parquet" --rows 2 --repeats 1 --methods original,analysis \
+    --analysis_args "$([[ "${GPU_COUNT}" -gt 0 ]] && echo --use_flash_attention)"  # both: default lengths, same tokens
+tail -n 4 "${CHECK_DIR}/scoring.log"
 
 echo "=== (c) results"
 python -m fwdrev.gpu_check report "${check_dirs[@]}" --peak_tflops "${GPU_PEAK_TFLOPS}"
