@@ -71,9 +71,8 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fwdrev.data import load_preference_data
-    from fwdrev.tokenization import default_max_prompt_length, encode_examples
-
     from fwdrev.scoring import scoring_dtype
+    from fwdrev.tokenization import default_max_prompt_length, encode_examples
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the original ran on a GPU
     tokenizer = AutoTokenizer.from_pretrained(model_path)
