@@ -61,12 +61,14 @@ class FrozenHeadLabelLogprobs(torch.autograd.Function):
         # Two (chunk, V) buffers reused by every chunk: on the CPU a fresh tensor of that size per
         # chunk is fresh pages from the OS each time, which costs more than the matmul itself.
         rows_in_buffer = min(chunk_size, targets.shape[0])
-        logits_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]))
+        # The head's dtype sets the matmul's, as autocast would (fp32 hidden states over a bf16
+        # head under --bf16; an out= matmul is not autocast itself).
+        logits_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]), dtype=weight.dtype)
         logps_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]), dtype=out_dtype)
         for start in range(0, targets.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
             size = hidden[chunk].shape[0]
-            logits = torch.matmul(hidden[chunk], weight.T, out=logits_buffer[:size]).to(out_dtype)
+            logits = torch.matmul(hidden[chunk].to(weight.dtype), weight.T, out=logits_buffer[:size]).to(out_dtype)
             chunk_logps = torch.log_softmax(logits, -1, out=logps_buffer[:size])
             del logits
             rows = torch.arange(chunk_logps.shape[0], device=hidden.device)
