@@ -40,7 +40,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANALYSIS_SCRIPT = REPO_ROOT / "analysis" / "analyze_dpo_model.py"
-SAMPLE = "/work/shared/data/data-100samples.parquet"
+# the real 100-row sample beside the checkout (../shared/data), as the tests find it
+SAMPLE = str(REPO_ROOT.parent / "shared" / "data" / "data-100samples.parquet")
 ANALYSIS, ORIGINAL, FIRST, BUDGET, CHUNK = "analysis", "original", "analysis_first", "analysis_mb", "analysis_chunk"
 SIDES = ("chosen", "rejected")
 BYTES_PER_GB = 1024 ** 3
