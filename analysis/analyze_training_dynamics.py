@@ -36,6 +36,7 @@ from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
 from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
+from fwdrev.score_keys import content_settings
 from fwdrev.scoring import (
     META_COLUMNS,
     add_group_argument,
@@ -60,10 +61,6 @@ TABLE_SUBSETS = ("all", "first50", "last50")
 SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
                   "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
                   "flipped_prompt_field", "base_model", "checkpoint_dir", "scoring", "score_tokens")
-# What a part's scores depend on besides the checkpoint, base model and data content (its key).
-CONTENT_FLAGS = ("prompt_field", "chosen_field", "rejected_field", "flipped_prompt_field", "sample_types",
-                 "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length", "scoring",
-                 "allow_train_overlap")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -142,11 +139,8 @@ def resolve_base_model(args, checkpoints) -> str:
 def current_part_keys(args, stage: str, dtype) -> dict[str, dict]:
     """Checkpoint name -> what its part must have been scored from, for every checkpoint of the
     run (not only the --epochs asked for) and the base model."""
-    settings = {flag: getattr(args, flag) for flag in CONTENT_FLAGS}
-    if args.score_tokens is not None:  # only then: keys of parts scored before the flag stay valid
-        settings["score_tokens"] = args.score_tokens
     shared = {"base_fingerprint": model_fingerprint(args.base_model),
-              "data_sha256": file_sha256(args.dataset_path), "settings": {**settings, "dtype": str(dtype)}}
+              "data_sha256": file_sha256(args.dataset_path), "settings": content_settings(args, dtype)}
     keys = {}
     for checkpoint in discover_checkpoints(args.checkpoint_dir, stage) + [base_checkpoint(stage)]:
         fingerprint = None if checkpoint.path is None else model_fingerprint(checkpoint.path)

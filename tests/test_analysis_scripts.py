@@ -125,6 +125,37 @@ def test_manual_shards_merge_to_the_single_process_table(adapter_scores, runs, t
     assert not list(tmp_path.glob("*.shard-*"))
 
 
+def test_leftover_shard_of_another_model_is_ignored_and_named(adapter_scores, runs, tiny_model_dir, tmp_path,
+                                                              capsys):
+    """Shard 1/2 of model A left in the folder, then shard 0/2 of model B: never merged together."""
+    def shard(model, index):
+        analyze_dpo_model.main(["--model_path", str(runs / "sft" / model), "--output_dir", str(tmp_path),
+                                "--ref_model_path", str(tiny_model_dir), "--beta", "0.5", "--stage", "sft",
+                                "--checkpoint_name", "1", "--num_shards", "2", "--shard_id", str(index),
+                                *common_flags(runs)])
+
+    shard("2", 1)  # model A's shard
+    capsys.readouterr()
+    shard("1", 0)  # model B
+    assert not (tmp_path / "scores.parquet").exists() and not (tmp_path / "summary.json").exists()
+    assert_mentions(capsys.readouterr().out, f"ignored shard file {tmp_path / 'scores.parquet.shard-1-of-2'}",
+                    "another model")
+    shard("1", 1)  # model B's own shard 1 replaces A's: B's rows only
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"),
+                                  pd.read_parquet(adapter_scores / "scores.parquet"), **SCORE_TOLERANCE)
+
+
+def test_a_change_of_the_scoring_rules_rescores_the_parts(runs, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from fwdrev import score_keys
+
+    dynamics(runs, tiny_model_dir, tmp_path, "--epochs", "1")
+    monkeypatch.setattr(score_keys, "SCORING_RULES_VERSION", score_keys.SCORING_RULES_VERSION + 1)
+    capsys.readouterr()
+    dynamics(runs, tiny_model_dir, tmp_path, "--epochs", "1")
+    assert_mentions(capsys.readouterr().out, "checkpoint 1: its part was scored from other content", "settings",
+                    "0 of 1 checkpoints already scored")
+
+
 @pytest.mark.slow
 def test_torchrun_launcher_two_processes_equals_single_process(adapter_scores, runs, tiny_model_dir, tmp_path):
     env = script_env(NUM_PROCS=2, MODEL_PATH=runs / "sft" / "1", DATASET_PATH=runs / "rows.parquet",
