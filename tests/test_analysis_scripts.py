@@ -14,7 +14,7 @@ from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
-from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS
+from fwdrev.scoring import META_COLUMNS, REWARD_COLUMNS, SCORE_COLUMNS
 from fwdrev.synthetic import generate_preference_rows
 
 NUM_ROWS = 12
@@ -143,6 +143,21 @@ def test_leftover_shard_of_another_model_is_ignored_and_named(adapter_scores, ru
     shard("1", 1)  # model B's own shard 1 replaces A's: B's rows only
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"),
                                   pd.read_parquet(adapter_scores / "scores.parquet"), **SCORE_TOLERANCE)
+
+
+def test_more_shards_than_rows_keep_the_score_columns_numeric(runs, tmp_path):
+    data = tmp_path / "two_rows.parquet"
+    generate_preference_rows(2, seed=4).to_parquet(data)
+    for index in (0, 1, 2):  # shard 2 has no rows, and is the last to finish: it merges
+        analyze_dpo_model.main(["--model_path", str(runs / "sft" / "1"), "--output_dir", str(tmp_path / "out"),
+                                "--dataset_path", str(data), "--max_tokens", "8",
+                                "--num_shards", "3", "--shard_id", str(index)])
+    table = pd.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert table["example_id"].tolist() == [0, 1]
+    not_numeric = [c for c in SCORE_COLUMNS[len(META_COLUMNS):] if not pd.api.types.is_numeric_dtype(table[c])]
+    assert not_numeric == []
+    means = json.loads((tmp_path / "out" / "summary.json").read_text())["all"]["means"]
+    assert means["delta_logp_mean"] == pytest.approx(table["delta_logp_mean"].mean())
 
 
 def test_a_change_of_the_scoring_rules_rescores_the_parts(runs, tiny_model_dir, tmp_path, capsys, monkeypatch):
