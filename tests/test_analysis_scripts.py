@@ -365,18 +365,43 @@ def test_full_model_series_is_sharded_by_whole_checkpoints(runs, tiny_model_dir,
     dynamics(runs, tiny_model_dir, single, series="dpo")
     sharded = tmp_path / "sharded"
     capsys.readouterr()
-    for index in (1, 0):  # separate runs, in either order
-        dynamics(runs, tiny_model_dir, sharded, "--num_shards", "2", "--shard_id", str(index), series="dpo")
+    dynamics(runs, tiny_model_dir, sharded, "--num_shards", "2", "--shard_id", "1", series="dpo")
+    # the first to finish leaves no tables of its checkpoint alone (a later run's could be overwritten)
+    assert not list(sharded.glob("all.*")) and not (sharded / "summary.csv").exists()
+    assert_mentions(capsys.readouterr().out, "1 of 2 checkpoints scored", "['checkpoint-5']",
+                    "checkpoint checkpoint-10 scored (process 1)")
+    dynamics(runs, tiny_model_dir, sharded, "--num_shards", "2", "--shard_id", "0", series="dpo")
     printed = capsys.readouterr().out
     # checkpoints in step order: checkpoint-5 (position 0) to shard 0, checkpoint-10 to shard 1
-    assert_mentions(printed, "checkpoint checkpoint-10 scored (process 1)",
-                    "checkpoint checkpoint-5 scored (process 0)")
-    assert printed.count("scored (process") == 2  # no checkpoint scored twice
+    assert_mentions(printed, "checkpoint checkpoint-5 scored (process 0)")
+    assert printed.count("scored (process") == 1  # no checkpoint scored twice
     pd.testing.assert_frame_equal(pd.read_parquet(sharded / "all.parquet"), pd.read_parquet(single / "all.parquet"),
                                   **SCORE_TOLERANCE)
     lora = tmp_path / "lora"  # adapters share one loaded base: their examples are split instead
     dynamics(runs, tiny_model_dir, lora, "--num_shards", "2", "--shard_id", "0")
     assert "scored (process" not in capsys.readouterr().out
+
+
+def test_tables_are_written_by_one_run_at_a_time(tmp_path, monkeypatch):
+    """Reading the parts and writing the tables happen under a lock: a run that read fewer parts
+    never writes its tables after a run that read them all."""
+    import threading
+    from types import SimpleNamespace
+
+    from fwdrev.io import exclusive_lock
+    from fwdrev.sharding import write_parquet
+
+    write_parquet(pd.DataFrame({"example_id": [0]}), tmp_path / "parts" / "a.part", {"part": "a"})
+    written = []
+    monkeypatch.setattr(analyze_training_dynamics, "rebuild_tables", lambda *args: written.append(args[0]))
+    writer = threading.Thread(target=analyze_training_dynamics.write_tables_when_complete,
+                              args=(tmp_path, [SimpleNamespace(name="a")], {"a": {"part": "a"}}, "response", {}))
+    with exclusive_lock(tmp_path / analyze_training_dynamics.TABLES_LOCK):  # another run is writing
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and written == []
+    writer.join(timeout=30)
+    assert written == [tmp_path]
 
 
 def test_evaluate_answers_writes_answers_and_accuracy(runs, tiny_model_dir, tmp_path):
