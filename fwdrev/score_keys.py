@@ -9,17 +9,15 @@ from __future__ import annotations
 from fwdrev.fingerprint import model_fingerprint
 from fwdrev.tokenization import SCORING_RULES_VERSION
 
-# Flags that change the scores of a row (the data file's content and the models come apart).
+# Flags that change the scores of a row (the data file's content and the models are keyed apart).
 CONTENT_FLAGS = ("prompt_field", "chosen_field", "rejected_field", "flipped_prompt_field", "sample_types",
-                 "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length", "scoring",
-                 "allow_train_overlap")
+                 "drop_invalid_rows", "max_tokens", "score_tokens", "max_length", "max_prompt_length",
+                 "scoring", "allow_train_overlap")
 
 
 def content_settings(args, dtype) -> dict:
     """``CONTENT_FLAGS`` with their values, the scoring dtype and ``SCORING_RULES_VERSION``."""
     settings = {flag: getattr(args, flag) for flag in CONTENT_FLAGS}
-    if args.score_tokens is not None:
-        settings["score_tokens"] = args.score_tokens
     return {**settings, "dtype": str(dtype), "scoring_rules": SCORING_RULES_VERSION}
 
 
