@@ -154,7 +154,7 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
         wanted_ids = {p.example_id for p in self._all_pairs()}
         # the precompute scores the policy itself, in the precision of this moment (the
         # engine's weights, the loss's autocast)
-        key = {**self.reference_key, **scoring_precision(model)}
+        key = {**self.reference_key, **scoring_precision(model, self.args.device.type)}
         decision: CacheDecision = decide_on_main_process(
             lambda: check_reference_cache(self.args.output_dir, key, wanted_ids),
             self.args.process_index, self.args.world_size)

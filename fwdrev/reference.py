@@ -82,11 +82,10 @@ def reference_cache_key(mode: ReferenceMode, model_args, data_args, args, exampl
     }
 
 
-def scoring_precision(model) -> dict:
-    """The precision the reference is scored in, as it is (not as the flags say): the dtypes of
-    the model's parameters (--bf16 gives bf16 weights under DeepSpeed, float32 weights under
-    autocast without it) and the autocast dtype in force (None: none)."""
-    device_type = next(model.parameters()).device.type
+def scoring_precision(model, device_type: str) -> dict:
+    """The precision the reference is scored in on ``device_type``, as it is (not as the flags
+    say): the dtypes of the model's parameters (--bf16 gives bf16 weights under DeepSpeed,
+    float32 weights under autocast without it) and the autocast dtype in force (None: none)."""
     autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     return {"weight_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
             "autocast_dtype": None if autocast is None else str(autocast)}
