@@ -11,6 +11,11 @@ Outputs in OUTPUT_DIR: scores.parquet and scores.csv (one row per example, colum
 ``pref_acc_full`` / ``pref_acc_full_by_sum``, 95% CIs of the mean deltas from a bootstrap over
 problems, the ``group_id`` column) and data_report.json (rows used, excluded and truncated).
 
+Split over separate runs (``--num_shards N --shard_id i``), each shard file records what it was
+scored from (fingerprints of the model and reference, the data file's hash, the flags that
+change scores); the last run to finish merges the files of its own key only, and names any
+leftover shard file of another model, data or settings it ignored.
+
 A LoRA adapter (and a LoRA reference) is loaded on the base recorded in its adapter_config.json;
 another --base_model stops with exit 2 (--force_base_model to override). Rows of problems the
 model was trained on (its training run's run_config.json, found from the model folder) stop the
@@ -18,13 +23,16 @@ run with exit 2 (--allow_train_overlap: score them, with a trained_on column).
 """
 
 import argparse
+import json
 from pathlib import Path
 
 from fwdrev.checkpoints import DPO_FOLDER, free_memory
 from fwdrev.cli import run_cli
+from fwdrev.fingerprint import file_sha256
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_for_scoring
-from fwdrev.provenance import resolve_adapter_base, train_overlap
+from fwdrev.provenance import recorded_adapter_base, resolve_adapter_base, train_overlap
+from fwdrev.score_keys import content_settings, model_content
 from fwdrev.scoring import (
     add_group_argument,
     add_group_ids,
@@ -64,6 +72,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_scoring_arguments(parser)
     add_group_argument(parser)
     return parse_scoring_args(parser, argv)
+
+
+def shard_key(args, dtype, name: str, step: int | None) -> dict:
+    """What this run's rows are scored from: a shard file of another key is never merged."""
+    def loaded_base(path, base_flag_value):  # the base an adapter is loaded on (checked already)
+        return (base_flag_value or recorded_adapter_base(path)) if is_adapter_dir(path) else None
+
+    reference = args.ref_model_path
+    key = {"model": model_content(args.model_path, loaded_base(args.model_path, args.base_model)),
+           "reference": model_content(reference, loaded_base(reference, args.ref_base_model)) if reference else None,
+           "data_sha256": file_sha256(args.dataset_path),
+           "settings": {**content_settings(args, dtype), "beta": args.beta if reference else None,
+                        "group_field": args.group_field},
+           "columns": {"checkpoint": name, "stage": args.stage, "epoch": args.epoch, "step": step}}
+    return json.loads(json.dumps(key))  # as read back from a file (tuples become lists)
 
 
 def main(argv=None) -> None:
@@ -108,7 +131,8 @@ def main(argv=None) -> None:
         table = add_reward_columns(table, score(reference), args.beta)
     table = add_group_ids(table, group_ids)
 
-    merged = gather_table(shard, table, output_dir / "scores.parquet", [p.example_id for p in pairs])
+    key = shard_key(args, dtype, name, step) if shard.count > 1 else None
+    merged = gather_table(shard, table, output_dir / "scores.parquet", [p.example_id for p in pairs], key)
     if merged is not None:
         write_table(merged, output_dir / "scores.csv")
         summary = summarize_scores(merged)

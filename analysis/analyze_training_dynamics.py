@@ -13,7 +13,9 @@ Outputs in OUTPUT_DIR: all / first50 / last50 (.parquet and .csv; one row per ch
 example, columns ``fwdrev.scoring.SCORE_COLUMNS`` with the --scoring used, and ``group_id``,
 the problem of the row), summary.csv (per checkpoint and subset),
 data_report.json, scoring_settings.json and parts/<checkpoint>.part (one finished checkpoint
-each). Rerunning skips the checkpoints already scored, so an interrupted run resumes. Each part
+each). The tables are written once every checkpoint asked for has its part, by the run (or the
+separate --shard_id run) that scores the last one. Rerunning skips the checkpoints already
+scored, so an interrupted run resumes. Each part
 records what it was scored from (fingerprints of the checkpoint and the base model, the data
 file's hash, the scoring settings): a checkpoint retrained into the same folder, or data
 regenerated at the same path, is rescored, and parts that no longer match are left out.
@@ -33,9 +35,10 @@ import pandas as pd
 from fwdrev.checkpoints import CheckpointModels, base_checkpoint, discover_checkpoints, parse_epochs, series_base_model
 from fwdrev.cli import UsageError, run_cli
 from fwdrev.fingerprint import file_sha256, model_fingerprint
-from fwdrev.io import write_json, write_table
+from fwdrev.io import exclusive_lock, write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
 from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
+from fwdrev.score_keys import content_settings
 from fwdrev.scoring import (
     META_COLUMNS,
     add_group_argument,
@@ -56,14 +59,11 @@ from fwdrev.scoring import (
 from fwdrev.sharding import by_example_id, current_shard, gather_table, read_key, write_parquet
 
 TABLE_SUBSETS = ("all", "first50", "last50")
+TABLES_LOCK = ".tables.lock"  # in OUTPUT_DIR: one run at a time reads the parts and writes the tables
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.
 SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
                   "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
                   "flipped_prompt_field", "base_model", "checkpoint_dir", "scoring", "score_tokens")
-# What a part's scores depend on besides the checkpoint, base model and data content (its key).
-CONTENT_FLAGS = ("prompt_field", "chosen_field", "rejected_field", "flipped_prompt_field", "sample_types",
-                 "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length", "scoring",
-                 "allow_train_overlap")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -142,11 +142,8 @@ def resolve_base_model(args, checkpoints) -> str:
 def current_part_keys(args, stage: str, dtype) -> dict[str, dict]:
     """Checkpoint name -> what its part must have been scored from, for every checkpoint of the
     run (not only the --epochs asked for) and the base model."""
-    settings = {flag: getattr(args, flag) for flag in CONTENT_FLAGS}
-    if args.score_tokens is not None:  # only then: keys of parts scored before the flag stay valid
-        settings["score_tokens"] = args.score_tokens
     shared = {"base_fingerprint": model_fingerprint(args.base_model),
-              "data_sha256": file_sha256(args.dataset_path), "settings": {**settings, "dtype": str(dtype)}}
+              "data_sha256": file_sha256(args.dataset_path), "settings": content_settings(args, dtype)}
     keys = {}
     for checkpoint in discover_checkpoints(args.checkpoint_dir, stage) + [base_checkpoint(stage)]:
         fingerprint = None if checkpoint.path is None else model_fingerprint(checkpoint.path)
@@ -177,6 +174,22 @@ def rebuild_tables(output_dir: Path, keys: dict[str, dict], scoring: str,
             write_table(subsets[name], output_dir / f"{name}{suffix}")
     write_table(checkpoint_summary(table), output_dir / "summary.csv")
     return table
+
+
+def write_tables_when_complete(output_dir: Path, checkpoints, keys: dict[str, dict], scoring: str,
+                               group_ids: dict[int, int]) -> pd.DataFrame | None:
+    """``rebuild_tables`` once every checkpoint of ``checkpoints`` has its part, else say how many do.
+
+    Separate runs finish in any order: under a lock (reading the parts and writing the tables),
+    so the tables a run leaves are never older than the parts another run saw.
+    """
+    with exclusive_lock(output_dir / TABLES_LOCK):
+        missing = [c.name for c in checkpoints if read_key(part_file(output_dir, c)) != keys[c.name]]
+        if missing:
+            print(f"{len(checkpoints) - len(missing)} of {len(checkpoints)} checkpoints scored (to come: "
+                  f"{missing}); the run that scores the last one writes the tables")
+            return None
+        return rebuild_tables(output_dir, keys, scoring, group_ids)
 
 
 def checkpoints_to_score(checkpoints, keys, output_dir: Path, shard) -> list:
@@ -254,12 +267,11 @@ def main(argv=None) -> None:
             print(f"checkpoint {checkpoint.name} scored (process {shard.index})")
         elif gather_table(shard, table, part_file(output_dir, checkpoint), [p.example_id for p in pairs],
                           keys[checkpoint.name]) is not None:
-            rebuild_tables(output_dir, keys, args.scoring, group_ids)
             print(f"checkpoint {checkpoint.name} scored")
     if whole_checkpoints:
         shard.barrier()  # every part written before rank 0 merges them
     if shard.is_main or not shard.launched:
-        table = rebuild_tables(output_dir, keys, args.scoring, group_ids)
+        table = write_tables_when_complete(output_dir, checkpoints, keys, args.scoring, group_ids)
         if table is not None:
             print(f"wrote {output_dir}: {table['checkpoint'].nunique()} checkpoints, "
                   f"{len(table)} rows in all.parquet/.csv")

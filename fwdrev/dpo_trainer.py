@@ -35,6 +35,7 @@ from fwdrev.reference import (  # noqa: F401
     check_reference_cache,
     decide_on_main_process,
     length_sorted_shard,
+    scoring_precision,
     write_reference_cache,
 )
 from fwdrev.tokenization import TokenizedPair, collate_pairs, split_halves
@@ -151,8 +152,11 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
         if self.reference_logps is not None or not self.args.precompute_ref_log_probs:
             return
         wanted_ids = {p.example_id for p in self._all_pairs()}
+        # the precompute scores the policy itself, in the precision of this moment (the
+        # engine's weights, the loss's autocast)
+        key = {**self.reference_key, **scoring_precision(model, self.args.device.type)}
         decision: CacheDecision = decide_on_main_process(
-            lambda: check_reference_cache(self.args.output_dir, self.reference_key, wanted_ids),
+            lambda: check_reference_cache(self.args.output_dir, key, wanted_ids),
             self.args.process_index, self.args.world_size)
         logger.info("%s", decision.reason)
         if decision.frame is not None:
@@ -164,7 +168,7 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
                              "the initial model as the reference) or start in a new --output_dir")
         frame = self._compute_reference_logps(model)
         if self.args.process_index == 0:
-            write_reference_cache(self.args.output_dir, frame, self.reference_key)
+            write_reference_cache(self.args.output_dir, frame, key)
         self.accelerator.wait_for_everyone()
         self.reference_logps = frame
 

@@ -1,8 +1,9 @@
 """Atomic file writes: a reader never sees a half-written output, and a killed run leaves
-either the old file or the new one."""
+either the old file or the new one. ``exclusive_lock``: one writer at a time of a set of files."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -54,3 +55,17 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
             frame.to_csv(tmp, index=False)
         else:
             raise ValueError(f"{path}: expected a .parquet or .csv path")
+
+
+@contextmanager
+def exclusive_lock(lock_file: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing), waiting for it if another
+    process (or another open of the file) holds it; released when the block ends or the process dies."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -100,6 +100,30 @@ def accumulation_steps(global_batch_size: int, world_size: int, per_device_batch
     return global_batch_size // per_step
 
 
+def settle_batch_flags(recipe: dict, recipe_file, argv: list[str]) -> dict:
+    """The recipe's values without the batch setting the command line replaces; both the global
+    batch and the accumulation given in one place is an error (one would be dropped unseen)."""
+    both = ("global_batch_size", "gradient_accumulation_steps")
+    if set(both) <= recipe.keys():
+        raise UsageError(f"{recipe_file}: sets both global_batch_size and gradient_accumulation_steps "
+                         "(the global batch decides the accumulation); keep one")
+    if all(flag_given(argv, f"--{name}") for name in both):
+        raise UsageError("--global_batch_size and --gradient_accumulation_steps both given: the global "
+                         "batch decides the accumulation (global / (processes x per-device batch)); "
+                         "give one of them")
+    settled = dict(recipe)
+    if flag_given(argv, "--gradient_accumulation_steps"):
+        settled.pop("global_batch_size", None)  # the command line's accumulation wins
+    if flag_given(argv, "--global_batch_size"):
+        settled.pop("gradient_accumulation_steps", None)  # and its global batch
+    return settled
+
+
+def flag_given(argv: list[str], flag: str) -> bool:
+    spellings = (flag, flag.replace("_", "-"))
+    return any(item in spellings or item.split("=", 1)[0] in spellings for item in argv)
+
+
 def warmup_decay_factor(updates_done: int, warmup_steps: int, total_steps: int) -> float:
     """The learning-rate factor of DeepSpeed's WarmupDecayLR (log warm-up) after ``updates_done``.
 

@@ -4,8 +4,8 @@
 what the mode needs and the trainer scores what the mode says. ``reference_cache_key`` is the
 one function that builds the key of ``reference_logps.parquet``: everything its values depend
 on, by content (file hashes and model fingerprints), so a cache made for other data, weights,
-fields, lengths or dtype is never reused. ``decide_on_main_process`` makes rank 0's view of the
-cache every rank's view.
+fields, lengths, scoring rules or precision is never reused. ``decide_on_main_process`` makes
+rank 0's view of the cache every rank's view.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from enum import Enum
 from pathlib import Path
 
 import pandas as pd
+import torch
 import torch.distributed as dist
 
 from fwdrev.fingerprint import file_sha256, key_digest, model_fingerprint
 from fwdrev.io import write_json, write_table
-from fwdrev.modeling import default_dtype
-from fwdrev.tokenization import TokenizedPair
+from fwdrev.tokenization import SCORING_RULES_VERSION, TokenizedPair
 from fwdrev.training import training_tokenizer_source
 
 REFERENCE_CACHE = "reference_logps.parquet"
@@ -60,7 +60,8 @@ def reference_cache_key(mode: ReferenceMode, model_args, data_args, args, exampl
 
     Left out on purpose: the attention implementation (SDPA, eager and flash-attention give the
     same log-probs up to float rounding, far below any effect on a DPO loss, so switching it
-    must not force a re-score) and the log-prob chunk size (it only bounds memory).
+    must not force a re-score) and the log-prob chunk size (it only bounds memory). The
+    precision is not here: ``scoring_precision`` reads it off the model when it scores.
     """
     fields = {f.name: getattr(data_args, f.name) for f in dataclasses.fields(data_args)
               if f.name.endswith("_field")}  # prompt/chosen/rejected, and any added later
@@ -70,7 +71,7 @@ def reference_cache_key(mode: ReferenceMode, model_args, data_args, args, exampl
         "model": model_fingerprint(model_args.model_name),
         "init_adapter": model_fingerprint(model_args.init_adapter) if model_args.init_adapter else None,
         "tokenizer": model_fingerprint(training_tokenizer_source(model_args)),
-        "dtype": str(default_dtype(args.bf16, args.fp16)),
+        "scoring_rules": SCORING_RULES_VERSION,
         "data_sha256": file_sha256(data_args.train_file_path),
         **fields,
         "sample_types": data_args.sample_types,
@@ -79,6 +80,15 @@ def reference_cache_key(mode: ReferenceMode, model_args, data_args, args, exampl
         "num_pairs": len(ids),
         "example_ids": key_digest({"ids": ids}),
     }
+
+
+def scoring_precision(model, device_type: str) -> dict:
+    """The precision the reference is scored in on ``device_type``, as it is (not as the flags
+    say): the dtypes of the model's parameters (--bf16 gives bf16 weights under DeepSpeed,
+    float32 weights under autocast without it) and the autocast dtype in force (None: none)."""
+    autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    return {"weight_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+            "autocast_dtype": None if autocast is None else str(autocast)}
 
 
 def key_differences(stored: dict, wanted: dict) -> list[str]:

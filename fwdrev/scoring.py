@@ -111,6 +111,8 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_s
                 rows[index] = row
     columns = ["example_id"] + [f"{side}_{name}" for side in SIDES for name in STAT_NAMES]
     frame = pd.DataFrame([rows[i] for i in range(len(pairs))], columns=columns)
+    # explicit dtypes: a shard without rows would give object columns, and a merge with them
+    frame = frame.astype({c: "int64" if c == "example_id" or "num_tokens" in c else "float64" for c in columns})
     if score_tokens is not None:
         frame = first_tokens_only(frame, full_pairs, score_tokens)
     for name in DELTA_STATS:

@@ -98,7 +98,8 @@ def gather_table(shard: Shard, table: pd.DataFrame, final_path: str | Path,
     table on the process that wrote it, None elsewhere. The merge is checked to hold every
     expected example exactly once (stale shard files of another run fail loudly). With ``key``
     (what the rows were computed from, see ``read_key``) every file carries it, and shard files
-    of another key count as not written yet (their run rescores them).
+    of another key are never merged: they are named, and count as not written yet (the run of
+    this key that scores their shard overwrites them).
     """
     final_path = Path(final_path)
     if shard.count == 1:
@@ -110,7 +111,10 @@ def gather_table(shard: Shard, table: pd.DataFrame, final_path: str | Path,
     if shard.launched and not shard.is_main:
         return None
     files = [shard.file(final_path, i) for i in range(shard.count)]
-    if key is not None and any(f.exists() and read_key(f) != key for f in files):
+    foreign = [f for f in files if key is not None and f.exists() and read_key(f) != key]
+    for f in foreign:
+        print(f"ignored shard file {f}: scored from another model, data or settings")
+    if foreign:
         return None
     try:
         merged = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

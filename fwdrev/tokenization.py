@@ -15,6 +15,13 @@ import torch
 from fwdrev.data import DataReport, PreferenceExample
 
 IGNORE_INDEX = -100
+# Version of the rules that turn a row into the tokens that get scored: response splitting and
+# clean-up (fwdrev/data.py, e.g. white space after the final <|im_end|>), prompt/response
+# encoding and truncation (here), --scoring original (fwdrev/original_scoring.py), and which
+# tokens count (fwdrev/logprobs.py). Cached reference log-probs and analysis parts/shards carry
+# it in their keys: bump it in any change that alters a token id or a scored position, so
+# values made under the old rules are recomputed rather than reused.
+SCORING_RULES_VERSION = 1
 
 
 @dataclass

@@ -35,7 +35,7 @@ from fwdrev.modeling import (
     pick_attn_implementation,
     zero3_init_disabled,
 )
-from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
+from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path, settle_batch_flags
 from fwdrev.splits import default_group_column
 from fwdrev.tokenization import encode_examples
 
@@ -81,8 +81,7 @@ def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | Non
     if config or default_recipe:
         recipe_file = recipe_path(config or default_recipe, stage or "")
         recipe = load_recipe(recipe_file, {action.dest for action in parser._actions})
-        if _given(argv, "--gradient_accumulation_steps") and not _given(argv, "--global_batch_size"):
-            recipe.pop("global_batch_size", None)  # the command line's accumulation wins
+    recipe = settle_batch_flags(recipe, recipe_file, argv)
     if not torch.cuda.is_available():
         cpu_defaults = {"use_cpu": True}
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
@@ -95,11 +94,6 @@ def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | Non
         if hasattr(group, "config"):
             group.config = str(recipe_file) if recipe_file else None
     return parsed
-
-
-def _given(argv: list[str], flag: str) -> bool:
-    spellings = (flag, flag.replace("_", "-"))
-    return any(item in spellings or item.split("=", 1)[0] in spellings for item in argv)
 
 
 def setup_logging(training_args) -> None:

@@ -14,7 +14,7 @@ from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
-from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS
+from fwdrev.scoring import META_COLUMNS, REWARD_COLUMNS, SCORE_COLUMNS
 from fwdrev.synthetic import generate_preference_rows
 
 NUM_ROWS = 12
@@ -123,6 +123,52 @@ def test_manual_shards_merge_to_the_single_process_table(adapter_scores, runs, t
                                   pd.read_parquet(adapter_scores / "scores.parquet"), **SCORE_TOLERANCE)
     assert json.loads((tmp_path / "summary.json").read_text())["all"]["n"] == NUM_ROWS
     assert not list(tmp_path.glob("*.shard-*"))
+
+
+def test_leftover_shard_of_another_model_is_ignored_and_named(adapter_scores, runs, tiny_model_dir, tmp_path,
+                                                              capsys):
+    """Shard 1/2 of model A left in the folder, then shard 0/2 of model B: never merged together."""
+    def shard(model, index):
+        analyze_dpo_model.main(["--model_path", str(runs / "sft" / model), "--output_dir", str(tmp_path),
+                                "--ref_model_path", str(tiny_model_dir), "--beta", "0.5", "--stage", "sft",
+                                "--checkpoint_name", "1", "--num_shards", "2", "--shard_id", str(index),
+                                *common_flags(runs)])
+
+    shard("2", 1)  # model A's shard
+    capsys.readouterr()
+    shard("1", 0)  # model B
+    assert not (tmp_path / "scores.parquet").exists() and not (tmp_path / "summary.json").exists()
+    assert_mentions(capsys.readouterr().out, f"ignored shard file {tmp_path / 'scores.parquet.shard-1-of-2'}",
+                    "another model")
+    shard("1", 1)  # model B's own shard 1 replaces A's: B's rows only
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"),
+                                  pd.read_parquet(adapter_scores / "scores.parquet"), **SCORE_TOLERANCE)
+
+
+def test_more_shards_than_rows_keep_the_score_columns_numeric(runs, tmp_path):
+    data = tmp_path / "two_rows.parquet"
+    generate_preference_rows(2, seed=4).to_parquet(data)
+    for index in (0, 1, 2):  # shard 2 has no rows, and is the last to finish: it merges
+        analyze_dpo_model.main(["--model_path", str(runs / "sft" / "1"), "--output_dir", str(tmp_path / "out"),
+                                "--dataset_path", str(data), "--max_tokens", "8",
+                                "--num_shards", "3", "--shard_id", str(index)])
+    table = pd.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert table["example_id"].tolist() == [0, 1]
+    not_numeric = [c for c in SCORE_COLUMNS[len(META_COLUMNS):] if not pd.api.types.is_numeric_dtype(table[c])]
+    assert not_numeric == []
+    means = json.loads((tmp_path / "out" / "summary.json").read_text())["all"]["means"]
+    assert means["delta_logp_mean"] == pytest.approx(table["delta_logp_mean"].mean())
+
+
+def test_a_change_of_the_scoring_rules_rescores_the_parts(runs, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from fwdrev import score_keys
+
+    dynamics(runs, tiny_model_dir, tmp_path, "--epochs", "1")
+    monkeypatch.setattr(score_keys, "SCORING_RULES_VERSION", score_keys.SCORING_RULES_VERSION + 1)
+    capsys.readouterr()
+    dynamics(runs, tiny_model_dir, tmp_path, "--epochs", "1")
+    assert_mentions(capsys.readouterr().out, "checkpoint 1: its part was scored from other content", "settings",
+                    "0 of 1 checkpoints already scored")
 
 
 @pytest.mark.slow
@@ -319,18 +365,43 @@ def test_full_model_series_is_sharded_by_whole_checkpoints(runs, tiny_model_dir,
     dynamics(runs, tiny_model_dir, single, series="dpo")
     sharded = tmp_path / "sharded"
     capsys.readouterr()
-    for index in (1, 0):  # separate runs, in either order
-        dynamics(runs, tiny_model_dir, sharded, "--num_shards", "2", "--shard_id", str(index), series="dpo")
+    dynamics(runs, tiny_model_dir, sharded, "--num_shards", "2", "--shard_id", "1", series="dpo")
+    # the first to finish leaves no tables of its checkpoint alone (a later run's could be overwritten)
+    assert not list(sharded.glob("all.*")) and not (sharded / "summary.csv").exists()
+    assert_mentions(capsys.readouterr().out, "1 of 2 checkpoints scored", "['checkpoint-5']",
+                    "checkpoint checkpoint-10 scored (process 1)")
+    dynamics(runs, tiny_model_dir, sharded, "--num_shards", "2", "--shard_id", "0", series="dpo")
     printed = capsys.readouterr().out
     # checkpoints in step order: checkpoint-5 (position 0) to shard 0, checkpoint-10 to shard 1
-    assert_mentions(printed, "checkpoint checkpoint-10 scored (process 1)",
-                    "checkpoint checkpoint-5 scored (process 0)")
-    assert printed.count("scored (process") == 2  # no checkpoint scored twice
+    assert_mentions(printed, "checkpoint checkpoint-5 scored (process 0)")
+    assert printed.count("scored (process") == 1  # no checkpoint scored twice
     pd.testing.assert_frame_equal(pd.read_parquet(sharded / "all.parquet"), pd.read_parquet(single / "all.parquet"),
                                   **SCORE_TOLERANCE)
     lora = tmp_path / "lora"  # adapters share one loaded base: their examples are split instead
     dynamics(runs, tiny_model_dir, lora, "--num_shards", "2", "--shard_id", "0")
     assert "scored (process" not in capsys.readouterr().out
+
+
+def test_tables_are_written_by_one_run_at_a_time(tmp_path, monkeypatch):
+    """Reading the parts and writing the tables happen under a lock: a run that read fewer parts
+    never writes its tables after a run that read them all."""
+    import threading
+    from types import SimpleNamespace
+
+    from fwdrev.io import exclusive_lock
+    from fwdrev.sharding import write_parquet
+
+    write_parquet(pd.DataFrame({"example_id": [0]}), tmp_path / "parts" / "a.part", {"part": "a"})
+    written = []
+    monkeypatch.setattr(analyze_training_dynamics, "rebuild_tables", lambda *args: written.append(args[0]))
+    writer = threading.Thread(target=analyze_training_dynamics.write_tables_when_complete,
+                              args=(tmp_path, [SimpleNamespace(name="a")], {"a": {"part": "a"}}, "response", {}))
+    with exclusive_lock(tmp_path / analyze_training_dynamics.TABLES_LOCK):  # another run is writing
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and written == []
+    writer.join(timeout=30)
+    assert written == [tmp_path]
 
 
 def test_evaluate_answers_writes_answers_and_accuracy(runs, tiny_model_dir, tmp_path):

@@ -150,6 +150,20 @@ def test_accumulation_on_the_command_line_overrides_the_recipes_global_batch(mon
     assert args.gradient_accumulation_steps == 3
 
 
+def test_global_batch_and_accumulation_both_given_is_an_error(monkeypatch, tmp_path):
+    """Never silently drop one of them (the global batch used to win without a word)."""
+    with pytest.raises(UsageError, match="--global_batch_size and --gradient_accumulation_steps"):
+        _parse_dpo(["--global_batch_size", "16", "--gradient_accumulation_steps", "2"], monkeypatch)
+    both = tmp_path / "both.yaml"
+    both.write_text("global_batch_size: 16\ngradient_accumulation_steps: 2\n")
+    with pytest.raises(UsageError, match=r"both\.yaml.*global_batch_size and gradient_accumulation_steps"):
+        _parse_dpo(["--config", str(both)], monkeypatch)
+    accumulation = tmp_path / "accumulation.yaml"
+    accumulation.write_text("gradient_accumulation_steps: 2\nper_device_train_batch_size: 1\n")
+    _, _, args = _parse_dpo(["--config", str(accumulation), "--global_batch_size", "8"], monkeypatch)  # CLI wins
+    assert (args.global_batch_size, args.gradient_accumulation_steps) == (8, 8)
+
+
 def test_an_eval_split_larger_than_the_training_split_is_an_error():
     from fwdrev.training import split_train_eval
 

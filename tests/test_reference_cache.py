@@ -51,7 +51,8 @@ def reference_only(monkeypatch):
 
     def train(self, resume_from_checkpoint=None):
         self.state.global_step = step["global_step"]
-        self.ensure_reference_logps(self.model)
+        with self.compute_loss_context_manager():  # as in training_step: the loss's autocast
+            self.ensure_reference_logps(self.model)
 
     monkeypatch.setattr(DPOTrainer, "train", train)
     return step
@@ -105,8 +106,35 @@ def test_bf16_toggle_rescores(tiny_model_dir, small_data, tmp_path, reference_on
     fp32 = run_reference(tiny_model_dir, small_data, tmp_path / "out")
     bf16 = run_reference(tiny_model_dir, small_data, tmp_path / "out", "--bf16")
     assert (bf16 - fp32).abs().to_numpy().max() > 1e-3  # bf16 weights score differently
-    assert cache_key(tmp_path / "out")["dtype"] == "torch.bfloat16"
+    assert cache_key(tmp_path / "out")["weight_dtypes"] == ["torch.bfloat16", "torch.float32"]  # fp32 adapter
     assert bf16.to_numpy() == pytest.approx(fp32.to_numpy(), rel=0.01)
+
+
+def test_the_weights_real_dtype_is_in_the_key(tiny_model_dir, small_data, tmp_path, reference_only, monkeypatch):
+    """--bf16 gives float32 weights under autocast without DeepSpeed and bf16 weights under it:
+    the same flags, other log-probs, so the cache of one is not the other's."""
+    from fwdrev import training
+
+    full_bf16 = ["--no_use_lora", "--bf16"]
+    autocast = run_reference(tiny_model_dir, small_data, tmp_path / "out", *full_bf16)
+    autocast_key = cache_key(tmp_path / "out")
+    monkeypatch.setattr(training, "optimizer_owns_weights", lambda args: False)  # weights as DeepSpeed keeps them
+    bf16_weights = run_reference(tiny_model_dir, small_data, tmp_path / "out", *full_bf16)
+    assert (bf16_weights - autocast).abs().to_numpy().max() > 1e-3  # rescored, not reused
+    assert [autocast_key.get("weight_dtypes"), autocast_key.get("autocast_dtype")] == [
+        ["torch.float32"], "torch.bfloat16"]
+    assert cache_key(tmp_path / "out")["weight_dtypes"] == ["torch.bfloat16"]
+
+
+def test_a_change_of_the_scoring_rules_rescores(tiny_model_dir, small_data, tmp_path, reference_only, monkeypatch):
+    from fwdrev import reference
+
+    first = run_reference(tiny_model_dir, small_data, tmp_path / "out")
+    write_reference_cache(tmp_path / "out", first.assign(chosen_logp_sum=-1.0), cache_key(tmp_path / "out"))
+    newer_rules = getattr(reference, "SCORING_RULES_VERSION", 0) + 1
+    monkeypatch.setattr(reference, "SCORING_RULES_VERSION", newer_rules, raising=False)
+    again = run_reference(tiny_model_dir, small_data, tmp_path / "out")
+    assert (again["chosen_logp_sum"] != -1.0).all()  # the cache of the old rules is not reused
 
 
 def test_changed_key_on_resume(tiny_model_dir, small_data, tmp_path, reference_only, capsys):
