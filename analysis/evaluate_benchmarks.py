@@ -117,9 +117,10 @@ def load_problems(args, names: list[str], files: dict[str, str], revisions: dict
                 raise UsageError("benchmark heldout needs its file: --data_files heldout=PATH "
                                  "(the test split written by scripts/prepare_data.py)")
             flags = {f: getattr(args, f) for f in ROW_FLAGS}
-            problems += heldout_problems(files[name], tokenizer, flags, args.gold_field)
+            heldout = heldout_problems(files[name], tokenizer, flags, args.gold_field)
+            problems += heldout
             sources[name] = {"file": str(Path(files[name]).resolve()), "sha256": file_sha256(files[name]),
-                             "rows": len(problems)}
+                             "rows": len(heldout)}
             continue
         frame, sources[name] = load_benchmark_frame(BENCHMARKS[name], files.get(name), revisions.get(name))
         source = files.get(name, BENCHMARKS[name].hub[0])
