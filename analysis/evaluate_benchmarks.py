@@ -209,7 +209,7 @@ def main(argv=None) -> None:
         models = HFModels(args.base_model, args.force_base_model, device)
     problems_by_tokenizer = {}  # a series shares its tokenizer: its prompts are built once
     for spec in specs:
-        source = tokenizer_source(spec, args.base_model)
+        source = tokenizer_source(spec, args.base_model, args.force_base_model)
         if source not in problems_by_tokenizer:
             problems_by_tokenizer[source] = load_problems(args, names, files, revisions, load_tokenizer(source))
         problems, sources = problems_by_tokenizer[source]

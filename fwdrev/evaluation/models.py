@@ -59,17 +59,17 @@ def series_specs(checkpoint_dir: str, stage: str = "auto", epochs: str | None = 
                       {"checkpoint": c, "base": base}) for c in checkpoints]
 
 
-def tokenizer_source(spec: ModelSpec, base_model: str | None) -> str:
-    base = spec.extra.get("base") or base_model
-    if spec.path is not None and (Path(spec.path) / "tokenizer_config.json").is_file():
+def tokenizer_source(spec: ModelSpec, base_model: str | None, force_base_model: bool = False) -> str:
+    """The folder to load the spec's tokenizer from: its own, else its (checked) base model's."""
+    if spec.path is None:
+        return spec.extra["base"]
+    if (Path(spec.path) / "tokenizer_config.json").is_file() or not is_adapter_dir(spec.path):
         return spec.path
-    if spec.path is not None and not is_adapter_dir(spec.path):
-        return spec.path
-    if base is None and spec.path is not None:
-        from fwdrev.provenance import resolve_adapter_base
+    if spec.extra.get("base"):
+        return spec.extra["base"]
+    from fwdrev.provenance import resolve_adapter_base
 
-        base = resolve_adapter_base(spec.path)
-    return base
+    return resolve_adapter_base(spec.path, base_model, force_base_model)  # a wrong base: exit 2
 
 
 class HFModels:
@@ -84,7 +84,7 @@ class HFModels:
 
     @contextmanager
     def load(self, spec: ModelSpec) -> Iterator[tuple[torch.nn.Module, object]]:
-        tokenizer = load_tokenizer(tokenizer_source(spec, self.base_model))
+        tokenizer = load_tokenizer(tokenizer_source(spec, self.base_model, self.force))
         if "checkpoint" not in spec.extra:
             model, _ = load_for_scoring(spec.path, self.base_model, self.dtype, self.device,
                                         force_base_model=self.force)
@@ -112,7 +112,7 @@ class VLLMModels:
         from fwdrev.evaluation.vllm_backend import VLLMBackend
         from fwdrev.provenance import resolve_adapter_base
 
-        tokenizer_path = tokenizer_source(spec, self.base_model)
+        tokenizer_path = tokenizer_source(spec, self.base_model, self.force)
         adapter = spec.path if spec.path is not None and is_adapter_dir(spec.path) else None
         series_base = spec.extra.get("base")
         if adapter is not None:
