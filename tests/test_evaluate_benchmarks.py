@@ -57,8 +57,14 @@ def test_outputs_per_example_and_per_benchmark(finished, heldout):
     for benchmark, group in pd.DataFrame(records).groupby("benchmark"):
         assert accuracy.loc[benchmark, "n"] == len(group)
         assert accuracy.loc[benchmark, "accuracy"] == pytest.approx(group["correct"].mean())
+    heldout_rows = pd.DataFrame([r for r in records if r["benchmark"] == "heldout"])
+    for sample_type, group in heldout_rows.groupby("sample_type"):  # T_f and T_r apart too
+        assert accuracy.loc[f"heldout_{sample_type}", "n"] == len(group) == rows // 2
+    cut_off = (heldout_rows["stop_reason"] == "max_tokens") & heldout_rows["extracted"].isna()
+    assert accuracy.loc["heldout", "n_no_answer_at_budget"] == cut_off.sum() > 0
     table = pd.read_csv(finished / "accuracy_table.csv")
-    assert table.columns.tolist() == ["model", "heldout", "math500", "gpqa_diamond"]
+    assert table.columns.tolist() == ["model", "heldout", "math500", "gpqa_diamond", "heldout_original",
+                                      "heldout_flipped"]
     assert table["model"].tolist() == ["tiny"]
     config = json.loads((finished / "run_config.json").read_text())
     assert config["benchmarks"]["math500"]["rows"] == 4 and len(config["benchmarks"]["math500"]["sha256"]) == 64

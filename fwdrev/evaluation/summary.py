@@ -16,9 +16,24 @@ from fwdrev.cli import UsageError
 MODEL_COLUMNS = ["model", "checkpoint", "stage", "epoch", "step"]
 
 
+def with_sample_types(records: pd.DataFrame) -> pd.DataFrame:
+    """The records, plus the held-out ones again as ``heldout_original`` / ``heldout_flipped``
+    (the study's T_f and T_r) so tables and paired differences show both directions."""
+    if "sample_type" not in records:
+        return records
+    typed = records[records["sample_type"].notna()]
+    if typed.empty:
+        return records
+    split = typed.assign(benchmark=typed["benchmark"] + "_" + typed["sample_type"].astype(str))
+    return pd.concat([records, split], ignore_index=True)
+
+
 def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, benchmark): n, n_correct, accuracy, ci_low, ci_high and stop reasons."""
+    """One row per (model, benchmark): n, n_correct, accuracy, ci_low, ci_high and how generations
+    stopped; ``n_no_answer_at_budget``: cut off by ``max_tokens`` before any answer (a longer
+    budget might have finished them), counted among the wrong ones."""
     rows = []
+    records = with_sample_types(records)
     for (_, benchmark), group in records.groupby(["model", "benchmark"], sort=False):
         correct = group["correct"].astype(float).to_numpy()
         low, high = bootstrap_mean_ci(correct, groups=group["group"].astype(str).to_numpy())
@@ -27,7 +42,10 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
                      "n_correct": int(correct.sum()), "accuracy": float(correct.mean()),
                      "ci_low": low, "ci_high": high,
                      "n_max_tokens": int(stops.get("max_tokens", 0)),
-                     "n_thinking_budget": int(stops.get("thinking_budget", 0))})
+                     "n_thinking_budget": int(stops.get("thinking_budget", 0)),
+                     "n_no_answer_at_budget": int(((group["stop_reason"] == "max_tokens")
+                                                   & group.get("extracted", pd.Series(None, index=group.index))
+                                                   .isna()).sum())})
     return pd.DataFrame(rows)
 
 
@@ -56,7 +74,7 @@ def paired_difference(records: pd.DataFrame, model_a: str, model_b: str) -> pd.D
     if missing:
         raise UsageError(f"--paired: no predictions of model(s) {missing}; models: {sorted(known)}")
     rows = []
-    for benchmark, group in records.groupby("benchmark", sort=False):
+    for benchmark, group in with_sample_types(records).groupby("benchmark", sort=False):
         a = group[group["model"] == model_a].set_index("id")
         b = group[group["model"] == model_b].set_index("id")
         ids = a.index.intersection(b.index)
