@@ -200,6 +200,11 @@ def main(argv=None) -> None:
     else:
         specs = series_specs(args.checkpoint_dir, args.stage, args.epochs, args.include_base,
                              args.base_model, args.force_base_model)
+    known = {s.label for s in specs} | {r["model"] for r in store.records}
+    for pair in args.paired:  # before hours of generation, not after
+        unknown = [m for m in pair.split(",") if m not in known]
+        if "," not in pair or unknown:
+            raise UsageError(f"--paired {pair}: expected MODEL_A,MODEL_B among the models {sorted(known)}")
     if args.backend == "vllm":
         models = VLLMModels(args.base_model, args.force_base_model, {
             "tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len,
