@@ -16,6 +16,8 @@ PAIRED="${PAIRED-sft_f,sft_r}"            # paired differences B - A (space-sepa
 OUTPUT_DIR="${OUTPUT_DIR:-./outputs/benchmarks}"
 BACKEND="${BACKEND:-vllm}"                # vllm on GPUs, hf on CPUs
 MAX_TOKENS="${MAX_TOKENS:-32768}"         # s1's max_gen_toks
+MAX_THINKING_TOKENS="${MAX_THINKING_TOKENS-auto}"  # s1's max_tokens_thinking (N, auto; "" = no forcing)
+NUM_WAIT="${NUM_WAIT:-0}"                 # s1's thinking_n_ignore ("Wait" N times)
 TENSOR_PARALLEL_SIZE="${TENSOR_PARALLEL_SIZE:-}"  # default: every visible GPU
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
@@ -37,9 +39,11 @@ optional=()
 [[ -n "${DATA_FILES}" ]] && optional+=(--data_files ${DATA_FILES})
 # shellcheck disable=SC2206
 [[ -n "${PAIRED}" && -z "${CHECKPOINT_DIR}" ]] && optional+=(--paired ${PAIRED})
+[[ -n "${MAX_THINKING_TOKENS}" ]] && optional+=(--max_thinking_tokens "${MAX_THINKING_TOKENS}")
 if [[ "${BACKEND}" == vllm ]]; then
     optional+=(--tensor_parallel_size "${TENSOR_PARALLEL_SIZE:-$((GPU_COUNT > 0 ? GPU_COUNT : 1))}")
 fi
 
 "${PYTHON_BIN}" "${REPO_ROOT}/analysis/evaluate_benchmarks.py" "${models[@]}" --benchmarks "${BENCHMARKS}" \
-    --backend "${BACKEND}" --max_tokens "${MAX_TOKENS}" --output_dir "${OUTPUT_DIR}" "${optional[@]}" "$@"
+    --backend "${BACKEND}" --max_tokens "${MAX_TOKENS}" --num_wait "${NUM_WAIT}" --output_dir "${OUTPUT_DIR}" \
+    "${optional[@]}" "$@"
