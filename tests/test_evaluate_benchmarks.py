@@ -139,19 +139,26 @@ def test_bad_input_exits_2_with_one_message(tiny_model_dir, tmp_path, capsys, mo
     assert exit_info.value.code == 2 and message in err and err.count("error:") == 1
 
 
-def test_an_adapter_on_the_wrong_base_exits_2(tiny_model_dir, tmp_path):
+def test_an_adapter_on_the_wrong_base_exits_2(tiny_model_dir, tmp_path, capsys, monkeypatch):
     from test_provenance import save_adapter
 
     adapter = save_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
     other_base = tmp_path / "other"
     other_base.mkdir()
     (other_base / "config.json").write_text("{}")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--model_path", str(adapter), "--base_model",
-                             str(other_base), "--benchmarks", "math500", "--data_files",
-                             str(FIXTURES / "math500.jsonl"), "--output_dir", str(tmp_path / "out")],
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model_path", str(adapter), "--base_model", str(other_base),
+                                      "--benchmarks", "math500", "--data_files", str(FIXTURES / "math500.jsonl"),
+                                      "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(evaluate_benchmarks.main)
+    assert exit_info.value.code == 2 and "is not the base model of the adapter" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()
+
+
+def test_the_script_exits_2_in_its_own_process(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--model_path", str(tmp_path), "--benchmarks", "aime25"],
                             cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "is not the base model of the adapter" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "aime25" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_checkpoint_series_gives_a_row_per_checkpoint_and_a_figure(tiny_model_dir, tmp_path):
