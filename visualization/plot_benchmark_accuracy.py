@@ -36,7 +36,10 @@ def main(argv=None) -> None:
             raise UsageError(f"{path} not found: run analysis/evaluate_benchmarks.py --output_dir {folder} first")
         frames.append(series_points(pd.read_csv(path, dtype={"checkpoint": str}), str(path)))
     with figures.paper_style(args.usetex):
-        paths = figures.save_figure(plot_series(pd.concat(frames, ignore_index=True)), args.output_stem)
+        points = pd.concat(frames, ignore_index=True)
+        order = list(dict.fromkeys(b for frame in frames for b in frame["benchmark"].cat.categories))
+        points["benchmark"] = pd.Categorical(points["benchmark"].astype(str), categories=order, ordered=True)
+        paths = figures.save_figure(plot_series(points), args.output_stem)
     print("\n".join(str(p) for p in paths))
 
 
