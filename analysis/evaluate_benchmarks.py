@@ -200,7 +200,7 @@ def main(argv=None) -> None:
     else:
         specs = series_specs(args.checkpoint_dir, args.stage, args.epochs, args.include_base,
                              args.base_model, args.force_base_model)
-    known = {s.label for s in specs} | {r["model"] for r in store.records}
+    known = dict.fromkeys([r["model"] for r in store.records] + [s.label for s in specs])  # in run order
     for pair in args.paired:  # before hours of generation, not after
         unknown = [m for m in pair.split(",") if m not in known]
         if "," not in pair or unknown:
@@ -219,7 +219,7 @@ def main(argv=None) -> None:
             problems_by_tokenizer[source] = load_problems(args, names, files, revisions, load_tokenizer(source))
         problems, sources = problems_by_tokenizer[source]
         write_json(output_dir / "run_config.json", {"generation": settings, "backend": args.backend,
-                                                    "benchmarks": sources, "models": [s.label for s in specs]})
+                                                    "benchmarks": sources, "models": list(known)})
         if not pending(problems, spec, store):
             print(f"{spec.label}: all {len(problems)} examples done, not loaded")
             continue

@@ -133,3 +133,12 @@ def test_prediction_store_survives_a_partial_last_line(tmp_path, capsys):
     resumed.append([{"model": "m", "benchmark": "b", "id": "2"}])
     assert [r["id"] for r in read_records(path)[0]] == ["1", "2"]
     assert path.read_text().count("\n") == 2
+
+
+def test_empty_benchmark_values_are_named_not_skipped():
+    from fwdrev.data_checks import DataValidationError
+    from fwdrev.evaluation.tasks import math_problems
+
+    frame = pd.DataFrame({"problem": ["1+1?", "2+2?", ""], "answer": ["2", None, "x"]})
+    with pytest.raises(DataValidationError, match=r"problem: rows \[2\]; answer: rows \[1\]"):
+        math_problems(frame, BENCHMARKS["math500"], "made_up.jsonl", None)

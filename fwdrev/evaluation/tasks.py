@@ -83,6 +83,12 @@ def check_columns(frame: pd.DataFrame, benchmark: Benchmark, source: str) -> Non
     if missing:
         raise DataValidationError(f"{source}: benchmark {benchmark.name} needs column(s) {missing}; "
                                   f"the file has {list(frame.columns)}")
+    empty = {c: [i for i, v in enumerate(frame[c]) if v is None or pd.isna(v) or not str(v).strip()]
+             for c in benchmark.columns}
+    empty = {c: rows for c, rows in empty.items() if rows}
+    if empty:  # no row is skipped without a word: fix or remove them
+        raise DataValidationError(f"{source}: empty values in benchmark {benchmark.name}'s columns "
+                                  + "; ".join(f"{c}: rows {rows[:10]}" for c, rows in empty.items()))
 
 
 def row_ids(frame: pd.DataFrame, benchmark: Benchmark, source: str) -> list[str]:
