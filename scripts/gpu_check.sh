@@ -9,7 +9,10 @@
 #   (c) a table: peak memory per GPU, tokens/s, MFU (formula printed; GPU_PEAK_TFLOPS, default
 #       989 = H100/H200 dense bf16);
 #   (d) scoring speed: the analysis against the original's full logits + per-token log_softmax
-#       loop (scripts/benchmark_scoring.py) on 2 rows of the first length, on one GPU.
+#       loop (scripts/benchmark_scoring.py) on 2 rows of the first length, on one GPU;
+#   (e) generation speed of the benchmark evaluation's vllm backend on one GPU: tokens/s for
+#       GENERATION_REQUESTS (64) greedy requests of GENERATION_TOKENS (2048) new tokens each
+#       (needs .venv-eval: bash scripts/setup_env.sh eval; skipped with a note without it).
 # Exit status non-zero on any failure.
 #
 #   bash scripts/gpu_check.sh            # GPUs: 7B shape, 8k and 20k tokens (disk: ~16 GB model)
@@ -97,6 +100,19 @@ run_logged "${CHECK_DIR}/scoring.log" python scripts/benchmark_scoring.py --mode
     --dataset_path "${first_run}/data.parquet" --rows 2 --repeats 1 --methods original,analysis \
     --analysis_args "$([[ "${GPU_COUNT}" -gt 0 ]] && echo --use_flash_attention)"  # both: default lengths, same tokens
 tail -n 4 "${CHECK_DIR}/scoring.log"
+
+echo "=== (e) generation: vLLM tokens/s on the ${SHAPE} model, one GPU (scripts/benchmark_generation.py)"
+if [[ "${GPU_COUNT}" -eq 0 ]]; then
+    echo "    skipped: no GPU"
+elif [[ ! -x "${REPO_ROOT}/.venv-eval/bin/python" ]]; then
+    echo "    skipped: no vLLM environment; create it with: bash scripts/setup_env.sh eval"
+else
+    run_logged "${CHECK_DIR}/generation.log" env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" \
+        "${REPO_ROOT}/.venv-eval/bin/python" scripts/benchmark_generation.py --backend vllm \
+        --model_path "${MODEL_DIR}" --batch_size "${GENERATION_REQUESTS:-64}" \
+        --new_tokens "${GENERATION_TOKENS:-2048}" --output "${CHECK_DIR}/generation.json"
+    cat "${CHECK_DIR}/generation.json"
+fi
 
 echo "=== (c) results"
 python -m fwdrev.gpu_check report "${check_dirs[@]}" --peak_tflops "${GPU_PEAK_TFLOPS}"

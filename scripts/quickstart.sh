@@ -2,7 +2,7 @@
 # The whole study end to end on one CPU machine, with the shipped tiny default:
 #   full-parameter SFT (as in s1) on D_f (forward rows), D_r (reverse rows) and D_m (both),
 #   a checkpoint per epoch; LoRA-DPO from the last D_m SFT checkpoint, a checkpoint every few steps; log-probs of y+ and y- on the
-#   held-out test sets T_f and T_r at every checkpoint; answer accuracy before and after;
+#   held-out test sets T_f and T_r at every checkpoint; benchmark accuracy before and after;
 #   the paper's figures from these results; a summary table.
 # Every stage runs the same scripts and distributed path (torchrun, DeepSpeed ZeRO-3) as a GPU
 # run, only small. Usage: bash scripts/quickstart.sh   (sizes below, overridable by environment)
@@ -95,15 +95,15 @@ score "${OUT}/sft_r" "${RESULTS}/r/sft"
 score "${OUT}/sft_m" "${RESULTS}/m/sft"
 score "${OUT}/dpo_m" "${RESULTS}/m/dpo"
 
-banner "answer accuracy on T_f and T_r, before and after"
-answers() {  # answers MODEL NAME
-    python analysis/evaluate_answers.py --model_path "$1" --dataset_path "${DATA}/test.parquet" \
-        --output_dir "${OUT}/answers/$2" --max_new_tokens "${MAX_NEW_TOKENS}"
-}
-answers "${MODEL_DIR}" base
-for run in sft_f sft_r sft_m dpo_m; do
-    answers "${OUT}/${run}" "${run}"
-done
+banner "benchmark accuracy: held-out T_f/T_r and a tiny MATH500-shaped fixture, hf backend"
+# analysis/evaluate_benchmarks.py as for the paper's table (docs/benchmarks.md), on the tiny model:
+# greedy, chat template, math-verify grading; accuracy near 0 is expected, the path is what is shown.
+python analysis/evaluate_benchmarks.py --backend hf --benchmarks heldout,math500 \
+    --data_files "heldout=${DATA}/test.parquet" "math500=tests/fixtures/benchmarks/math500.jsonl" \
+    --model_path "base=${MODEL_DIR}" "sft_f=${OUT}/sft_f" "sft_r=${OUT}/sft_r" "sft_m=${OUT}/sft_m" \
+        "dpo_m=${OUT}/dpo_m" \
+    --paired sft_f,sft_r --max_tokens "${MAX_NEW_TOKENS}" --output_dir "${OUT}/benchmarks" > "${OUT}/benchmarks.log"
+sed -n '/^accuracy in %/,$p' "${OUT}/benchmarks.log"  # the table; the rest is in the log
 
 banner "figures"
 python visualization/plot_with_wider_middle.py --results_dir "${RESULTS}" \
@@ -116,10 +116,8 @@ python visualization/visualize_training_dynamics.py --results_dir "${OUT}/dpo_m"
 banner "summary"
 python analysis/summarize_results.py --results_dir "${RESULTS}"
 echo
-echo "answer accuracy (share of exact final answers):"
-for run in base sft_f sft_r sft_m dpo_m; do
-    printf '  %-6s %s\n' "${run}" "$(cat "${OUT}/answers/${run}/accuracy.json" | tr -d '\n ')"
-done
+echo "benchmark accuracy in % [95% bootstrap CI] (n) (${OUT}/benchmarks/accuracy_table.md):"
+cat "${OUT}/benchmarks/accuracy_table.md"
 echo
 echo "figures:"
 find "${OUT}/figures" -name '*.png' | sort | sed 's/^/  /'

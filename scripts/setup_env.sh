@@ -5,10 +5,23 @@
 # torch: an existing install is kept. Otherwise TORCH_SPEC is installed first
 # (default torch==2.13.0: on CPU machines of our CI this resolves to a CPU build; on a GPU
 # machine set TORCH_SPEC to the CUDA build you want, e.g. TORCH_SPEC="torch==2.13.0").
+#
+#   bash scripts/setup_env.sh eval   # instead: .venv-eval, vLLM's own environment for
+#                                    # analysis/evaluate_benchmarks.py --backend vllm (requirements-eval.txt)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+
+if [[ "${1:-}" == eval ]]; then  # vLLM pins other torch/transformers versions than training
+    EVAL_VENV="${REPO_ROOT}/.venv-eval"
+    [[ -x "${EVAL_VENV}/bin/python" ]] || "${PYTHON}" -m venv "${EVAL_VENV}"
+    "${EVAL_VENV}/bin/python" -m pip install --quiet --upgrade pip
+    "${EVAL_VENV}/bin/python" -m pip install --quiet -r "${REPO_ROOT}/requirements-eval.txt"
+    "${EVAL_VENV}/bin/python" -m pip install --quiet --no-deps -e "${REPO_ROOT}"
+    echo "evaluation environment ready: ${EVAL_VENV} (run: ${EVAL_VENV}/bin/python analysis/evaluate_benchmarks.py --backend vllm ...)"
+    return 0 2>/dev/null || exit 0
+fi
 
 if [[ -z "${VIRTUAL_ENV:-}" ]]; then
     if [[ ! -x "${REPO_ROOT}/.venv/bin/python" ]]; then

@@ -24,7 +24,6 @@ SCORE_TOLERANCE = dict(check_exact=False, rtol=1e-5, atol=1e-3)  # float32 sums 
 
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")
 analyze_training_dynamics = load_script("analysis", "analyze_training_dynamics")
-evaluate_answers = load_script("analysis", "evaluate_answers")
 
 
 @pytest.fixture(scope="module")
@@ -403,42 +402,3 @@ def test_tables_are_written_by_one_run_at_a_time(tmp_path, monkeypatch):
     writer.join(timeout=30)
     assert written == [tmp_path]
 
-
-def test_evaluate_answers_writes_answers_and_accuracy(runs, tiny_model_dir, tmp_path):
-    evaluate_answers.main(["--model_path", str(tiny_model_dir), "--dataset_path", str(runs / "rows.parquet"),
-                           "--output_dir", str(tmp_path), "--max_new_tokens", "6", "--batch_size", "4"])
-    answers = pd.read_csv(tmp_path / "answers.csv")
-    assert list(answers.columns) == ["example_id", "sample_type", "generated", "extracted", "gold", "correct",
-                                     "hit_budget", "outcome"]
-    assert answers["example_id"].tolist() == list(range(NUM_ROWS))
-    gold = generate_preference_rows(NUM_ROWS, seed=4)["solution"].astype(int).tolist()
-    assert answers["gold"].tolist() == gold
-    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
-    assert {k: v["n"] for k, v in accuracy.items()} == {"all": 12, "flipped": 6, "original": 6}
-    assert accuracy["all"]["n_correct"] == int(answers["correct"].sum())
-    # 6 tokens cannot reach an answer: those generations are cut off, not wrong
-    cut_off = answers["hit_budget"] & answers["extracted"].isna()
-    assert cut_off.sum() > 0 and (answers["outcome"] == "no_answer_at_budget").tolist() == cut_off.tolist()
-    for name, counts in accuracy.items():
-        rows = answers if name == "all" else answers[answers["sample_type"] == name]
-        assert counts["n_no_answer_at_budget"] == int(cut_off[rows.index].sum())
-        assert counts["n_correct"] + counts["n_wrong"] + counts["n_no_answer_at_budget"] == counts["n"]
-        assert counts["no_answer_at_budget_rate"] == pytest.approx(cut_off[rows.index].mean())
-        assert counts["max_new_tokens"] == 6
-
-
-def test_evaluate_answers_default_budget_covers_the_longest_reference_trace(runs, tiny_model_dir, tmp_path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    rows = generate_preference_rows(NUM_ROWS, seed=4)
-    originals = rows.loc[rows["sample_type"] == "original", "text"]
-    # y+ after the header, without the white space after its final <|im_end|> (not scored)
-    responses = [text.split("<|im_start|>assistant\n")[-1].rstrip() for text in originals]
-    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
-    assert longest > 6
-    evaluate_answers.main(["--model_path", str(tiny_model_dir), "--dataset_path", str(runs / "rows.parquet"),
-                           "--output_dir", str(tmp_path), "--batch_size", "6", "--sample_types", "original"])
-    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
-    assert accuracy["all"]["max_new_tokens"] == longest
-    assert evaluate_answers.parse_args(["--model_path", "m", "--dataset_path", "d"]).max_new_tokens is None

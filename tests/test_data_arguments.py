@@ -36,8 +36,8 @@ def test_analysis_flags_parse_to_the_training_types():
     assert parser.parse_args([]).drop_invalid_rows is False
 
 
-def test_answer_evaluation_reads_rows_like_training():
-    args = load_script("analysis", "evaluate_answers").parse_args(["--model_path", "m", "--dataset_path", "d"])
+def test_benchmark_evaluation_reads_heldout_rows_like_training():
+    args = load_script("analysis", "evaluate_benchmarks").parse_args(["--model_path", "m"])
     for name in ROW_FLAGS:
         assert getattr(args, name) == FIELDS[name].default, name
-    assert args.max_prompt_length == 2048 and not hasattr(args, "max_length")  # generation: own budget
+    assert not hasattr(args, "max_length")  # generation: its own budget (--max_tokens)

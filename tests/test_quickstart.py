@@ -24,8 +24,10 @@ def test_quickstart_small(tmp_path, tiny_model_dir):
     for name in ("wider_middle.png", "wider_middle.pdf", "wider_middle.svg", "wider_middle.tex"):
         assert (out / "figures" / name).stat().st_size > 0
     assert list((out / "figures" / "dynamics").glob("*.png"))
-    for run in ("base", "sft_f", "sft_r", "sft_m", "dpo_m"):
-        assert (out / "answers" / run / "accuracy.json").is_file()
+    table = pd.read_csv(out / "benchmarks" / "accuracy_table.csv")
+    assert table["model"].tolist() == ["base", "sft_f", "sft_r", "sft_m", "dpo_m"]
+    assert {"heldout", "math500", "heldout_original", "heldout_flipped"} <= set(table.columns)
+    assert (out / "benchmarks" / "paired.csv").is_file() and "| sft_r |" in result.stdout
     assert "T_f delta" in result.stdout and "quickstart finished" in result.stdout
     tables = pd.read_parquet(out / "analysis" / "f" / "sft" / "all.parquet")
     assert sorted(tables["epoch"].unique()) == [1, 2] and len(tables) == 2 * 20
