@@ -196,6 +196,17 @@ def zero3_init_disabled():
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
+def disable_dropout(model) -> None:
+    """Set every dropout rate in ``model`` to 0, as TRL's DPO does by default: dropout modules
+    (LoRA's included) and the attention-dropout rate that transformers' attention modules read at
+    each call. A policy in train mode then computes what its reference computes in eval mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 @contextmanager
 def eval_mode(model):
     """No dropout and no autograd inside; the model's train/eval mode is restored after."""
