@@ -8,11 +8,12 @@ reference was scored without it (--disable_dropout, on by default, switches it o
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO_ROOT, load_script, run_command, training_command
+from helpers import REPO_ROOT, load_script, run_command, torchrun_command
 
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
 
@@ -85,16 +86,20 @@ def test_step_one_policy_equals_reference_without_deepspeed(tiny_model_dir, step
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("configuration", ["lora-init-frozen-copy", "full-frozen-copy"])
-def test_step_one_policy_equals_reference_under_zero3(tiny_model_dir, step_one_data, trained_adapter, tmp_path,
-                                                      configuration):
-    """2 processes, ZeRO-3 on CPU (gloo), float32: bf16 under DeepSpeed needs a GPU (DeepSpeed's
-    CPU accelerator runs ZeRO-3 in float32 only). The frozen copies are the configurations with
-    the most machinery (the reference's own DeepSpeed engine); full fine-tuning with precomputed
-    reference log-probs at step 1 is asserted by test_dpo's ZeRO-3 test."""
-    flags = configuration_flags(configuration, trained_adapter)
-    command = training_command(REPO_ROOT / "dpo" / "combined_dpo.py", tiny_model_dir, step_one_data, tmp_path,
-                               *STEP_ONE, *flags, "--deepspeed",
-                               str(REPO_ROOT / "configs" / "ds_config_zero3_cpu.json"), procs=2)
-    run_command(command, check=True)
-    assert_policy_is_its_reference(step_one_metrics(tmp_path))
+def test_step_one_policy_equals_reference_under_zero3(tiny_model_dir, step_one_data, trained_adapter, tmp_path):
+    """Every configuration and precision under ZeRO-3 (2 processes on CPU, gloo), in one torchrun
+    launch (tests/dpo_step_one_worker.py)."""
+    runs = {}
+    for configuration in CONFIGURATIONS:
+        for precision in ["fp32", "bf16"]:
+            output_dir = tmp_path / f"{configuration}-{precision}"
+            runs[str(output_dir)] = [
+                "--model_name", str(tiny_model_dir), "--train_file_path", str(step_one_data),
+                "--output_dir", str(output_dir), *STEP_ONE, *configuration_flags(configuration, trained_adapter),
+                *(["--bf16"] if precision == "bf16" else []),
+                "--deepspeed", str(REPO_ROOT / "configs" / "ds_config_zero3_cpu.json")]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    worker = REPO_ROOT / "tests" / "dpo_step_one_worker.py"
+    run_command(torchrun_command(2) + [str(worker), str(tmp_path / "runs.json")], check=True, timeout=900)
+    for output_dir in runs:
+        assert_policy_is_its_reference(step_one_metrics(Path(output_dir)))
