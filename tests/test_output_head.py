@@ -6,6 +6,7 @@ import subprocess
 import sys
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 import transformers
@@ -121,30 +122,45 @@ def test_known_unsupported_architectures_are_refused_by_name(model_type):
         output_head(model)
 
 
+def save_with_the_tiny_tokenizer(model, tiny_model_dir, model_dir):
+    model.save_pretrained(model_dir)
+    for item in tiny_model_dir.iterdir():
+        if item.name not in ("config.json", "generation_config.json", "model.safetensors"):
+            shutil.copy(item, model_dir / item.name)
+
+
+def analyze(model_dir, tmp_path) -> subprocess.CompletedProcess:
+    generate_preference_rows(4, seed=4).to_parquet(tmp_path / "rows.parquet")
+    return subprocess.run([sys.executable, "analysis/analyze_dpo_model.py", "--model_path", str(model_dir),
+                           "--dataset_path", str(tmp_path / "rows.parquet"), "--max_tokens", "8",
+                           "--output_dir", str(tmp_path / "out")],
+                          cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
+
+
 def test_tiny_gemma2_loads_without_sdpa_and_scores_through_the_analysis(tiny_model_dir, tmp_path):
-    """Gemma-2 has no SDPA in transformers 5.24: loaded with eager attention (one warning), the
-    analysis scores it and exits 0, with the soft-capped log-probs of the model's own forward."""
+    """Gemma-2 has no SDPA in transformers 5.24: it loads with eager attention (one warning) and
+    the analysis scores it (exit 0)."""
     from fwdrev.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = tiny_model("Gemma2ForCausalLM", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                        bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
-    model_dir = tmp_path / "tiny-gemma2"
-    model.save_pretrained(model_dir)
-    for item in tiny_model_dir.iterdir():
-        if "token" in item.name or item.suffix in (".json", ".txt") and item.name not in ("config.json",
-                                                                                            "generation_config.json"):
-            shutil.copy(item, model_dir / item.name)
-    generate_preference_rows(4, seed=4).to_parquet(tmp_path / "rows.parquet")
-    result = subprocess.run([sys.executable, "analysis/analyze_dpo_model.py", "--model_path", str(model_dir),
-                             "--dataset_path", str(tmp_path / "rows.parquet"), "--max_tokens", "8",
-                             "--output_dir", str(tmp_path / "out")],
-                            cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
+    save_with_the_tiny_tokenizer(model, tiny_model_dir, tmp_path / "tiny-gemma2")
+    result = analyze(tmp_path / "tiny-gemma2", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "Gemma2ForCausalLM does not support sdpa attention; using eager" in result.stderr
-
-    import pandas as pd
-
     scores = pd.read_parquet(tmp_path / "out" / "scores.parquet")
     assert len(scores) == 4 and scores["chosen_logp_sum"].notna().all()
+
+
+def test_the_analysis_refuses_a_model_it_cannot_score_with_exit_2(tiny_model_dir, tmp_path):
+    from fwdrev.modeling import load_tokenizer
+
+    config = transformers.BertConfig(vocab_size=len(load_tokenizer(str(tiny_model_dir))), hidden_size=32,
+                                     num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                     is_decoder=True)
+    save_with_the_tiny_tokenizer(transformers.BertLMHeadModel(config), tiny_model_dir, tmp_path / "tiny-bert")
+    result = analyze(tmp_path / "tiny-bert", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model type 'bert'" in result.stderr
