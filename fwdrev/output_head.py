@@ -117,6 +117,11 @@ def output_head(causal_lm) -> OutputHead:
     return OutputHead(linear, float(scale), None if softcap is None else float(softcap))
 
 
+# (class, scale, softcap, dtype) of the models checked in this process: a checkpoint series loads
+# the same architecture many times, and the check is about the architecture's forward
+_checked_heads: set[tuple] = set()
+
+
 @torch.no_grad()
 def check_output_head(causal_lm, length: int = 12) -> None:
     """Refuse (UsageError) a model whose own logits our head does not reproduce.
@@ -125,9 +130,13 @@ def check_output_head(causal_lm, length: int = 12) -> None:
     hidden states, both as training takes them (the model's last hidden state) and as scoring
     does (the decoder's output). Tolerance: float rounding of the model's dtype, relative to the
     row's largest logit; a missed scale or soft-cap is off by far more on a trained model.
+    Once per architecture, head description and dtype in a process.
     """
     head = output_head(causal_lm)
     model = transformers_model(causal_lm)
+    key = (type(model).__qualname__, type(model).__module__, head.scale, head.softcap, head.linear.weight.dtype)
+    if key in _checked_heads:
+        return
     was_training = model.training
     model.eval()
     try:
@@ -151,3 +160,4 @@ def check_output_head(causal_lm, length: int = 12) -> None:
                 f"chunked log-prob head applied to the {source} does not reproduce the model's own logits "
                 f"(relative difference {difference:.3g}); its forward post-processes them in a way "
                 "fwdrev.output_head does not know")
+    _checked_heads.add(key)
