@@ -25,7 +25,7 @@ from transformers import Trainer
 from fwdrev.cli import UsageError
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
-from fwdrev.modeling import eval_mode
+from fwdrev.modeling import disable_dropout, eval_mode
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.reference import (  # noqa: F401
     REFERENCE_CACHE,
@@ -57,6 +57,10 @@ class DPOArguments(RecipeTrainingArguments):
                                         "(default: --per_device_eval_batch_size)."})
     logprob_chunk_size: int = field(
         default=DEFAULT_CHUNK_SIZE, metadata={"help": "Tokens per chunk of the output head (memory bound)."})
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Set every dropout (LoRA's included) of the policy and reference to 0, "
+                                        "as TRL does, so that the policy equals its reference at step 1 "
+                                        "(--no_disable_dropout keeps them)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -108,6 +112,10 @@ class DPOTrainer(RecipeScheduleMixin, AutocastLossMixin, Trainer):
     def __init__(self, *args, reference_mode: ReferenceMode, reference_key: dict | None = None,
                  ref_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.disable_dropout:  # else the policy's dropout makes it differ from its reference
+            for network in (self.model, ref_model):
+                if network is not None:
+                    disable_dropout(network)
         self.loss_is_scaled_for_ga = False  # our loss is a batch mean: let Trainer divide by GA steps
         if reference_mode.needs_ref_model != (ref_model is not None):
             raise ValueError(f"reference mode {reference_mode.value}: ref_model must be given "

@@ -2,7 +2,9 @@
 
 A 20,000-token sequence against a 152k-token vocabulary is 12 GB of float32 logits. Here the
 output head is applied only at labelled (response) positions, in chunks of ``chunk_size``
-tokens, and each chunk's log-softmax is reduced to the label's log-prob at once.
+tokens, and each chunk's log-softmax is reduced to the label's log-prob at once. The head is
+applied as the model's forward applies it, scale and soft-cap included (``fwdrev.output_head``),
+in the dtype autocast gives it.
 
 Under autograd two paths keep memory at one chunk of logits:
 
@@ -24,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
+from fwdrev.output_head import OutputHead, output_head
 from fwdrev.tokenization import IGNORE_INDEX
 
 DEFAULT_CHUNK_SIZE = 1024
@@ -44,99 +47,126 @@ class SequenceLogprobs:
     count: torch.Tensor  # (B,) long
 
 
-def _label_logps_of_chunk(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _label_logps_of_chunk(head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # log_softmax + gather: on CPU about a third of the time of gather - logsumexp
-    return lm_head(hidden).float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return head.logits(hidden).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 class FrozenHeadLabelLogprobs(torch.autograd.Function):
-    """log softmax(hidden @ W^T)[target] for a frozen head W, with the hidden-state gradient
-    computed in the forward chunk loop (see the module docstring)."""
+    """log softmax(softcap(scale * hidden @ W^T))[target] for a frozen head W, with the
+    hidden-state gradient computed in the forward chunk loop (see the module docstring).
+
+    ``compute_dtype``: the dtype of the head's matmuls (default the head's own).
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, keep_gradient: bool):
+    def forward(ctx, hidden, weight, targets, chunk_size: int, keep_gradient: bool, scale: float = 1.0,
+                softcap: float | None = None, compute_dtype: torch.dtype | None = None):
+        head = OutputHead(None, scale, softcap)
         out_dtype = torch.promote_types(hidden.dtype, torch.float32)  # float64 stays float64 (gradcheck)
+        compute_dtype = compute_dtype or weight.dtype
+        weight = weight.to(compute_dtype)
         logps = torch.empty(targets.shape[0], dtype=out_dtype, device=hidden.device)
         gradient = torch.empty_like(hidden) if keep_gradient else None
         # Two (chunk, V) buffers reused by every chunk: on the CPU a fresh tensor of that size per
         # chunk is fresh pages from the OS each time, which costs more than the matmul itself.
         rows_in_buffer = min(chunk_size, targets.shape[0])
-        # The head's dtype sets the matmul's, as autocast would (fp32 hidden states over a bf16
-        # head under --bf16; an out= matmul is not autocast itself).
-        logits_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]), dtype=weight.dtype)
+        # An out= matmul is not autocast itself: the caller passes the dtype autocast would use
+        logits_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]), dtype=compute_dtype)
         logps_buffer = hidden.new_empty((rows_in_buffer, weight.shape[0]), dtype=out_dtype)
         for start in range(0, targets.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
             size = hidden[chunk].shape[0]
-            logits = torch.matmul(hidden[chunk].to(weight.dtype), weight.T, out=logits_buffer[:size]).to(out_dtype)
+            logits = torch.matmul(hidden[chunk].to(compute_dtype), weight.T, out=logits_buffer[:size]).to(out_dtype)
+            head.transform(logits)
             chunk_logps = torch.log_softmax(logits, -1, out=logps_buffer[:size])
-            del logits
             rows = torch.arange(chunk_logps.shape[0], device=hidden.device)
             logps[chunk] = chunk_logps[rows, targets[chunk]]
-            if keep_gradient:  # d logp[t] / d h = W^T (onehot(t) - softmax)
+            if keep_gradient:  # d logp[t] / d h = scale * W^T ((onehot(t) - softmax) * dcap/dz)
                 softmax = chunk_logps.exp_()
                 softmax[rows, targets[chunk]] -= 1.0
-                gradient[chunk] = (softmax.to(weight.dtype) @ weight).neg_()
-            del chunk_logps
+                if softcap is not None:  # d/dz softcap * tanh(z / softcap) = 1 - (capped / softcap)^2
+                    softmax.mul_(logits.div_(softcap).square_().neg_().add_(1.0))
+                gradient[chunk] = (softmax.to(compute_dtype) @ weight).mul_(-scale)
+            del logits, chunk_logps
         ctx.save_for_backward(gradient)
         return logps
 
     @staticmethod
     def backward(ctx, grad_logps):
         (gradient,) = ctx.saved_tensors
-        return gradient * grad_logps.unsqueeze(-1).to(gradient.dtype), None, None, None, None
+        return (gradient * grad_logps.unsqueeze(-1).to(gradient.dtype),) + (None,) * 7
 
 
-def _head_needs_no_gradient(lm_head) -> bool:
+def _head_needs_no_gradient(head: OutputHead) -> bool:
     """A bias-free linear head whose weight gets no gradient: frozen (LoRA) or under no_grad."""
-    weight = getattr(lm_head, "weight", None)
-    return isinstance(lm_head, torch.nn.Linear) and lm_head.bias is None and weight is not None \
+    linear = head.linear
+    weight = getattr(linear, "weight", None)
+    return isinstance(linear, torch.nn.Linear) and linear.bias is None and weight is not None \
         and not (torch.is_grad_enabled() and weight.requires_grad)
 
 
-def _frozen_head_logps(lm_head, flat_hidden: torch.Tensor, flat_targets: torch.Tensor,
+def head_compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype ``lm_head(hidden)`` computes in: autocast's when it is on for the weight's device
+    (the trainable path's module call is autocast; the frozen path must match it, or the policy
+    and its frozen reference differ before any update), else the weight's own."""
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def _frozen_head_logps(head: OutputHead, flat_hidden: torch.Tensor, flat_targets: torch.Tensor,
                        chunk_size: int) -> torch.Tensor:
-    weight = lm_head.weight
+    weight = head.linear.weight
     keep_gradient = torch.is_grad_enabled() and flat_hidden.requires_grad
+
+    def apply():
+        return FrozenHeadLabelLogprobs.apply(flat_hidden, weight, flat_targets, chunk_size, keep_gradient,
+                                             head.scale, head.softcap, head_compute_dtype(weight))
+
     if hasattr(weight, "ds_id"):  # ZeRO-3: gather the head once for every chunk of this call
         import deepspeed
 
         with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
-            return FrozenHeadLabelLogprobs.apply(flat_hidden, weight, flat_targets, chunk_size,
-                                                 keep_gradient)
-    return FrozenHeadLabelLogprobs.apply(flat_hidden, weight, flat_targets, chunk_size, keep_gradient)
+            return apply()
+    return apply()
 
 
 def label_logprobs(hidden: torch.Tensor, lm_head, targets: torch.Tensor,
                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogprobs:
     """Log-probs of ``targets`` (B, T) under ``lm_head(hidden)`` for hidden (B, T, H).
 
+    ``lm_head``: an ``OutputHead`` (``fwdrev.output_head.output_head`` of the model), or a plain
+    linear head.
+
     ``hidden`` and ``targets`` are already aligned (hidden at t predicts targets at t);
     positions whose target is ``IGNORE_INDEX`` are skipped entirely.
     """
+    head = lm_head if isinstance(lm_head, OutputHead) else OutputHead(lm_head)
     mask = targets != IGNORE_INDEX
     flat_hidden = hidden[mask]  # (N, H): only labelled positions reach the head
     flat_targets = targets[mask]
-    if _head_needs_no_gradient(lm_head):
-        flat = _frozen_head_logps(lm_head, flat_hidden, flat_targets, chunk_size)
+    if _head_needs_no_gradient(head):
+        flat = _frozen_head_logps(head, flat_hidden, flat_targets, chunk_size)
         return _sequence_stats(flat, mask, targets, hidden.device)
     use_checkpoint = torch.is_grad_enabled() and flat_hidden.requires_grad
     # Reentrant only for a ZeRO-3 partitioned head: backward re-runs the head as a module, so
     # ZeRO-3 gathers its weight again (non-reentrant would find the saved weight partitioned
     # away). Anywhere else non-reentrant: under DDP each reentrant chunk's backward would mark a
     # trainable head's weight ready once more ("Expected to mark a variable ready only once").
-    reentrant = _is_zero3_partitioned(lm_head)
+    reentrant = _is_zero3_partitioned(head.linear)
 
     def chunk_logps(h, t):
         if use_checkpoint:
-            return checkpoint(_label_logps_of_chunk, lm_head, h, t, use_reentrant=reentrant)
-        return _label_logps_of_chunk(lm_head, h, t)
+            return checkpoint(_label_logps_of_chunk, head, h, t, use_reentrant=reentrant)
+        return _label_logps_of_chunk(head, h, t)
 
     own_chunks = -(-flat_targets.numel() // chunk_size)
     # Under ZeRO-3 every head call gathers its weight collectively, so all ranks agree on the
     # number of calls first; ranks with fewer chunks make extra calls on one position (times
     # zero, kept in the graph so that backward's recomputations match too).
-    all_chunks = _chunk_count_on_all_ranks(lm_head, own_chunks, hidden.device)
+    all_chunks = _chunk_count_on_all_ranks(head.linear, own_chunks, hidden.device)
     pieces = []
     padding = hidden.new_zeros((), dtype=torch.float32)
     for index in range(all_chunks):
@@ -200,7 +230,7 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         # Scoring: the decoder alone, so no layer's hidden states outlive their use.
         hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                          use_cache=False).last_hidden_state
-    return label_logprobs(hidden[:, :-1], causal_lm.get_output_embeddings(), labels[:, 1:], chunk_size)
+    return label_logprobs(hidden[:, :-1], output_head(causal_lm), labels[:, 1:], chunk_size)
 
 
 def uses_padding_free_attention(model) -> bool:

@@ -54,13 +54,53 @@ def default_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
                    trust_remote_code: bool = False, device: torch.device | str | None = None):
-    """``device``: load the weights straight onto it (no CPU copy of a GPU model first)."""
-    from transformers import AutoModelForCausalLM
+    """``device``: load the weights straight onto it (no CPU copy of a GPU model first).
 
+    ``attn_implementation`` falls back to what the model class supports (Gemma-2 has no SDPA).
+    The model's output head is checked against its own forward (``check_output_head``): a model
+    whose logits our chunked log-prob head cannot reproduce is refused (UsageError).
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from fwdrev.output_head import check_output_head, output_head
+
+    attn_implementation = supported_attn_implementation(path, attn_implementation, trust_remote_code)
     placement = {"device_map": {"": str(device)}} if device is not None and str(device) != "cpu" else {}
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, **placement)
+    if is_deepspeed_zero3_enabled():  # partitioned: no forward before the engine exists
+        output_head(model)  # refuses the architectures known to be unsupported
+    else:
+        check_output_head(model)
+    return model
+
+
+# the class attribute that says whether a transformers model class supports each kernel
+_ATTENTION_SUPPORT = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}
+
+
+def supported_attn_implementation(path: str, wanted: str, trust_remote_code: bool = False) -> str:
+    """``wanted`` if the model class at ``path`` supports it, else SDPA or eager (warned once)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        model_class = _get_model_class(config, AutoModelForCausalLM._model_mapping)
+    except (KeyError, ValueError):  # remote code: transformers decides
+        return wanted
+    if getattr(model_class, _ATTENTION_SUPPORT.get(wanted, ""), True):
+        return wanted
+    fallback = "sdpa" if wanted != "sdpa" and getattr(model_class, "_supports_sdpa", False) else "eager"
+    _warn_attention_fallback(model_class.__name__, wanted, fallback)
+    return fallback
+
+
+@cache
+def _warn_attention_fallback(model_class: str, wanted: str, fallback: str) -> None:
+    warnings.warn(f"{model_class} does not support {wanted} attention; using {fallback}", stacklevel=3)
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -154,6 +194,17 @@ def zero3_init_disabled():
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout rate in ``model`` to 0, as TRL's DPO does by default: dropout modules
+    (LoRA's included) and the attention-dropout rate that transformers' attention modules read at
+    each call. A policy in train mode then computes what its reference computes in eval mode."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 @contextmanager

@@ -93,3 +93,39 @@ def test_unpadded_scoring_equals_the_padded_batch():
     assert torch.equal(unpadded.mask, padded.mask)
     assert (unpadded.per_token - padded.per_token).abs().max() <= 1e-5
     assert (unpadded.sum - padded.sum).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("scale, softcap", [(0.25, None), (1.0, 1.5), (3.0, 2.0)], ids=["scale", "softcap", "both"])
+def test_gradcheck_of_scaled_and_soft_capped_logits_in_float64(scale, softcap):
+    """The gradient includes the post-processing: scale s multiplies it, a soft-cap c multiplies
+    each logit's term by 1 - tanh^2(z / c)."""
+    from fwdrev.output_head import OutputHead
+
+    hidden, head, targets = _inputs(torch.float64)
+    head.weight.mul_(4.0)  # logits of a few units, where the soft-cap bends them
+    flat_targets = targets[targets != IGNORE_INDEX]
+    flat_hidden = hidden[targets != IGNORE_INDEX].detach().requires_grad_(True)
+
+    def logps(h):
+        return FrozenHeadLabelLogprobs.apply(h, head.weight, flat_targets, 4, True, scale, softcap)
+
+    assert torch.autograd.gradcheck(logps, (flat_hidden,))
+    transformed = OutputHead(head, scale, softcap).logits(flat_hidden)  # by autograd, full logits
+    expected = torch.log_softmax(transformed, -1).gather(-1, flat_targets[:, None])[:, 0]
+    assert (logps(flat_hidden) - expected).abs().max() <= 1e-12
+    assert (expected - torch.log_softmax(head(flat_hidden), -1).gather(-1, flat_targets[:, None])[:, 0]
+            ).abs().max() > 0.1  # the transform matters here
+
+
+def test_frozen_head_computes_in_the_autocast_dtype_like_the_module_call():
+    """Under --bf16 without DeepSpeed an fp32 head runs in bf16 when called as a module (autocast);
+    the frozen path must give the same values, or a policy and its frozen reference differ."""
+    hidden, head, targets = _inputs()
+    hidden = hidden.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        frozen = label_logprobs(hidden, head, targets, chunk_size=4).per_token
+        head.weight.requires_grad_(True)
+        module_call = label_logprobs(hidden, head, targets, chunk_size=4).per_token
+    in_float32 = label_logprobs(hidden, head.requires_grad_(False), targets, chunk_size=4).per_token
+    assert torch.equal(frozen, module_call)
+    assert (frozen - in_float32).abs().max() > 1e-4  # bf16 rounding is visible at this size
