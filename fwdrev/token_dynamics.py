@@ -93,27 +93,6 @@ def with_checkpoint_columns(frame: pd.DataFrame, checkpoint, sample_types: dict)
     return frame
 
 
-def write_token_table(frame: pd.DataFrame, path, key: dict | None = None) -> None:
-    """Parquet with float32 / int32 list columns (pyarrow would widen object arrays otherwise)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from fwdrev.io import atomic_path
-    from fwdrev.sharding import KEY_METADATA
-
-    types = {"token_ids": pa.list_(pa.int32()), "logps": pa.list_(pa.float32()),
-             "argmax_logps": pa.list_(pa.float32())}
-    columns = {c: (pa.array(list(frame[c]), type=types[c]) if c in types else pa.Array.from_pandas(frame[c]))
-               for c in frame.columns}
-    table = pa.table(columns)
-    if key is not None:
-        import json
-
-        table = table.replace_schema_metadata({KEY_METADATA: json.dumps(key, sort_keys=True).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
 # ------------------------------------------------------------------ tables for the figures
 def _aligned(tokens: pd.DataFrame, start: str, column: str = "logps"):
     """Yield (row, values - start values) for rows whose example and response the start has."""

@@ -16,7 +16,6 @@ from fwdrev.token_dynamics import (
     cumulative_preference,
     position_change,
     top_moving_tokens,
-    write_token_table,
 )
 from fwdrev.tokenization import IGNORE_INDEX, encode_examples
 
@@ -97,10 +96,10 @@ def test_argmax_probe_rows(collected):
 def test_token_table_file_is_float32_and_keyed(collected, tmp_path):
     import pyarrow.parquet as pq
 
-    from fwdrev.sharding import read_key
+    from fwdrev.sharding import read_key, write_parquet
 
     table = collected[4].token_table().assign(checkpoint="base")
-    write_token_table(table, tmp_path / "tokens.part", {"k": 1})
+    write_parquet(table, tmp_path / "tokens.part", {"k": 1})  # the arrays' dtypes survive as they are
     schema = pq.read_schema(tmp_path / "tokens.part")
     import pyarrow as pa
 
