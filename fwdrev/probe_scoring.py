@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from fwdrev.checkpoints import free_memory
 from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
 from fwdrev.fingerprint import file_sha256, key_digest
 from fwdrev.greedy_probe import GREEDY_FILE, cached_greedy, greedy_budget, greedy_key
+from fwdrev.modeling import load_for_scoring
 from fwdrev.provenance import problem_column, problem_keys, training_records
 from fwdrev.response_probes import SCORED_RESPONSES, TrainRows, parse_probe_kinds, probe_pairs, probe_responses
 from fwdrev.scoring import score_pairs
@@ -160,17 +163,19 @@ class ProbeRun:
         return sorted([i for i in ids for _ in range(count)]
                       + [r.example_id for r in self.responses if r.example_id in present])
 
-    def write_gathered(self, name: str, output_dir: Path, key: dict | None = None,
-                       paths: tuple[Path, Path] | None = None) -> bool:
-        """Write checkpoint ``name``'s tables, merged over the shards (``gather_table``); False
-        while other shards have not finished."""
-        probes, tokens = self.tables.pop(name)
+    def write_gathered(self, names: list[str], output_dir: Path, key: dict | None = None,
+                       paths: tuple[Path, Path] | None = None) -> None:
+        """Write the tables of checkpoints ``names`` (every process calls this), merged over the
+        shards by ``gather_table``: files of a run split over processes appear once all are in."""
+        if not self.enabled:
+            return
+        tables = [self.tables.pop(name) for name in names]
         paths = paths or (output_dir / PROBES_FILE, output_dir / TOKENS_FILE)
-        merged = gather_table(self.shard, probes, paths[0], self.expected_ids(), key)
-        if tokens is not None:
-            merged_tokens = gather_table(self.shard, tokens, paths[1], self.expected_ids(2), key)
-            return merged is not None and merged_tokens is not None
-        return merged is not None
+        gather_table(self.shard, pd.concat([t[0] for t in tables], ignore_index=True), paths[0],
+                     self.expected_ids() * len(names), key)
+        if self.positions:
+            gather_table(self.shard, pd.concat([t[1] for t in tables], ignore_index=True), paths[1],
+                         self.expected_ids(2) * len(names), key)
 
     def part_files(self, checkpoint) -> tuple[Path, Path]:
         parts = self.output_dir / "parts"
@@ -199,7 +204,7 @@ class ProbeRun:
             if tokens is not None:
                 write_parquet(by_example_id(tokens), paths[1], self.part_key(key))
         else:
-            self.write_gathered(checkpoint.name, self.output_dir, self.part_key(key), paths)
+            self.write_gathered([checkpoint.name], self.output_dir, self.part_key(key), paths)
 
     def merge_parts(self, keys: dict[str, dict]) -> None:
         """probes.parquet and token_logps.parquet from the parts of the current keys (atomic)."""
@@ -210,6 +215,19 @@ class ProbeRun:
                      if read_key(p) == self.part_key(keys.get(p.name[: -len(".part")], {}))]
             if parts:
                 merge_part_files(parts, self.output_dir / output)
+
+
+@contextmanager
+def loaded_model(path: str, base_model: str | None, dtype, device, use_flash_attention: bool, force: bool,
+                 base_flag: str = "--base_model"):
+    """A model loaded for scoring, freed after use (for ``ProbeRun.prepare_greedy``)."""
+    model, _ = load_for_scoring(path, base_model, dtype, device, use_flash_attention, force_base_model=force,
+                                base_flag=base_flag)
+    try:
+        yield model
+    finally:
+        del model
+        free_memory()
 
 
 def scored_response_rows(scores: pd.DataFrame) -> pd.DataFrame:
