@@ -155,3 +155,26 @@ def test_bad_probe_flags_exit_2(series, tiny_model_dir, tmp_path, flags, message
                             env=script_env())
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("launcher, environment", [
+    ("analysis/run_dpo_analysis.sh", {"MODEL_PATH": "{d}", "DATASET_PATH": "{d}"}),
+    ("analysis/run_training_dynamics.sh", {"BASE_MODEL": "{d}", "CHECKPOINT_DIR": "{d}", "DATASET_PATH": "{d}"}),
+])
+def test_launchers_pass_the_probe_flags(launcher, environment, tmp_path):
+    import os
+    import subprocess
+
+    from helpers import REPO_ROOT, script_env
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "torchrun").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\n')
+    (tmp_path / "bin" / "torchrun").chmod(0o755)
+    env = script_env(**{k: v.format(d=tmp_path) for k, v in environment.items()},
+                     PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", PROBES="all", PROBE_FIELDS="rephrase",
+                     TOKEN_POSITIONS=1000)
+    result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    args = (tmp_path / "args").read_text()
+    assert "--probes all" in args and "--probe_fields rephrase" in args and "--token_positions 1000" in args
+    assert "--probe_train_file" not in args
