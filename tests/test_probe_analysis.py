@@ -178,3 +178,28 @@ def test_launchers_pass_the_probe_flags(launcher, environment, tmp_path):
     args = (tmp_path / "args").read_text()
     assert "--probes all" in args and "--probe_fields rephrase" in args and "--token_positions 1000" in args
     assert "--probe_train_file" not in args
+
+
+def test_probe_figures_and_sentence(probed, tmp_path, tiny_model_dir, capsys):
+    """plot_probes.py on an SFT series and a DPO series made from it (its epochs renamed as steps)."""
+    plot_probes = load_script("visualization", "plot_probes")
+    for file_name in ("probes.parquet", "token_logps.parquet"):
+        sft = pd.read_parquet(probed / file_name)
+        (tmp_path / "m" / "sft").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "m" / "dpo").mkdir(parents=True, exist_ok=True)
+        sft.to_parquet(tmp_path / "m" / "sft" / file_name)
+        dpo = sft.assign(stage="dpo", checkpoint=sft["checkpoint"].map({"base": "base", "1": "checkpoint-4",
+                                                                         "2": "checkpoint-8"}))
+        if file_name == "probes.parquet":  # DPO pushes y- down by 1 nat per token at its last checkpoint
+            dpo.loc[(dpo["probe"] == "y-") & (dpo["checkpoint"] == "checkpoint-8"), "logp_mean"] -= 1.0
+        dpo.to_parquet(tmp_path / "m" / "dpo" / file_name)
+    capsys.readouterr()
+    written = plot_probes.main(["--results_dir", str(tmp_path), "--output_dir", str(tmp_path / "fig"),
+                                "--tokenizer", str(tiny_model_dir), "--dpi", "50"])
+    names = {p.name for p in written}
+    assert {"probes.png", "tokens_m.png", "top_tokens_m.csv"} <= names
+    out = capsys.readouterr().out
+    assert "D_m, over DPO" in out and "y- -1." in out
+    top = pd.read_csv(tmp_path / "fig" / "top_tokens_m.csv")
+    assert set(top["direction"]) <= {"rise", "fall"} and top["token"].notna().all()
+    assert ((top["direction"] == "rise") == (top["mean_change"] > 0)).all()
