@@ -203,3 +203,33 @@ def test_probe_figures_and_sentence(probed, tmp_path, tiny_model_dir, capsys):
     top = pd.read_csv(tmp_path / "fig" / "top_tokens_m.csv")
     assert set(top["direction"]) <= {"rise", "fall"} and top["token"].notna().all()
     assert ((top["direction"] == "rise") == (top["mean_change"] > 0)).all()
+
+
+def test_irr_train_rows_from_the_training_record(series, tiny_model_dir, tmp_path):
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from fwdrev.cli import UsageError
+    from fwdrev.data import load_preference_data
+    from fwdrev.modeling import load_tokenizer
+    from fwdrev.probe_scoring import train_rows
+    from fwdrev.provenance import training_record
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    train_file = tmp_path / "train.parquet"
+    shutil.copy(series / "train.parquet", train_file)
+    data = load_preference_data(train_file, tokenizer=tokenizer)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.json").write_text(json.dumps(training_record(data, [0, 1, 2, 3], [4, 5], str(tiny_model_dir))))
+    args = SimpleNamespace(probe_train_file=None, prompt_field="question", chosen_field="text",
+                           rejected_field="worse-text", drop_invalid_rows=False,
+                           flipped_prompt_field="relevant-question")
+    rows = train_rows(args, tokenizer, [run])
+    assert sorted(rows.responses) == [0, 1, 2, 3]  # the train rows, not the eval rows
+    assert rows.keys[0] == str(pd.read_parquet(train_file)["problem_id"][0])
+    assert train_rows(args, tokenizer, [tmp_path / "nothing"]) is None
+    generate_preference_rows(6, seed=9).to_parquet(train_file)  # changed since training
+    with pytest.raises(UsageError, match="--probe_train_file"):
+        train_rows(args, tokenizer, [run])

@@ -27,6 +27,9 @@ def test_quickstart_small(tmp_path, tiny_model_dir):
     for run in ("base", "sft_f", "sft_r", "sft_m", "dpo_m"):
         assert (out / "answers" / run / "accuracy.json").is_file()
     assert "T_f delta" in result.stdout and "quickstart finished" in result.stdout
+    for name in ("probes.png", "tokens_m.png", "top_tokens_m.csv"):  # the probe stage (docs/probes.md)
+        assert (out / "figures" / "mass" / name).stat().st_size > 0
+    assert "D_m, over DPO" in result.stdout
     tables = pd.read_parquet(out / "analysis" / "f" / "sft" / "all.parquet")
     assert sorted(tables["epoch"].unique()) == [1, 2] and len(tables) == 2 * 20
 
