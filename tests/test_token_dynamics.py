@@ -143,3 +143,18 @@ def test_top_moving_tokens():
     falls = table[(table["response"] == "rejected") & (table["direction"] == "fall")]
     assert set(falls["token"]) == {"<5>", "<8>"} and (falls["mean_change"] == -2).all()
     assert (rises["count"] == 2).all()
+
+
+def test_probe_benchmark_times_every_method(tiny_model_dir, tmp_path):
+    from helpers import load_script
+
+    benchmark_probes = load_script("scripts", "benchmark_probes")
+    path = tmp_path / "rows.parquet"
+    generate_preference_rows(4, seed=5).to_parquet(path)
+    medians, facts = benchmark_probes.run_benchmark(benchmark_probes.parse_args(
+        ["--model_path", str(tiny_model_dir), "--dataset_path", str(path), "--rows", "3", "--repeats", "1"]))
+    assert set(medians) == {benchmark_probes.BASELINE, benchmark_probes.ARGMAX, benchmark_probes.ONE_RUN,
+                            benchmark_probes.PER_PROBE}
+    assert all(value > 0 for value in medians.values())
+    assert facts["rows"] == 3 and facts["probes"] == ["irr_test", "permuted", "permuted_irr"]
+    assert "| y+/y- | " in benchmark_probes.format_table(medians)
