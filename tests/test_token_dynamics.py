@@ -158,3 +158,18 @@ def test_probe_benchmark_times_every_method(tiny_model_dir, tmp_path):
     assert all(value > 0 for value in medians.values())
     assert facts["rows"] == 3 and facts["probes"] == ["irr_test", "permuted", "permuted_irr"]
     assert "| y+/y- | " in benchmark_probes.format_table(medians)
+
+
+def test_argmax_and_positions_take_no_extra_forward(collected):
+    model, tokenizer, pairs, scores, _ = collected
+    calls = []
+    hook = model.get_decoder().register_forward_hook(lambda *args: calls.append(1))
+    try:
+        plain = score_pairs(model, pairs, tokenizer.pad_token_id, batch_size=4, first_k=FIRST_K, chunk_size=5)
+        plain_calls = len(calls)
+        score_pairs(model, pairs, tokenizer.pad_token_id, batch_size=4, first_k=FIRST_K, chunk_size=5,
+                    on_batch=TokenCollector(FIRST_K, positions=10))
+    finally:
+        hook.remove()
+    assert plain_calls == 2 * len(pairs) and len(calls) == 2 * plain_calls  # one forward per response, both runs
+    pd.testing.assert_frame_equal(plain, scores)  # and the same scores with the hook on
