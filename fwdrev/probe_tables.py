@@ -75,16 +75,19 @@ def dpo_shift(series: pd.DataFrame, value: str = "logp_mean") -> pd.Series | Non
 
 
 def describe_shift(train_set: str, shift: pd.Series | None) -> str:
-    """One sentence: how each probe's mean per-token log-prob moved over DPO (numbers, no claims)."""
+    """One sentence: how each probe's mean per-token log-prob moved over DPO (numbers, no verdict)."""
     if shift is None or shift.empty:
         return f"D_{train_set}: no DPO checkpoints with probes."
     parts = ", ".join(f"{probe} {value:+.3f}" for probe, value in shift.items())
     others = shift.drop(["y+", "y-"], errors="ignore")
-    rising = others[others > 0]
-    tail = (f"; of the other probes, {', '.join(rising.index)} rose (the mass y- lost can only be "
-            "located among these probes)" if len(rising) else
-            "; none of the other probes rose, so the mass y- lost went to nothing probed here")
-    return (f"D_{train_set}, over DPO, change of the mean per-token log-prob: {parts}{tail}.")
+    rising = ", ".join(others[others > 0].index)
+    if "y-" not in shift or shift["y-"] >= 0:
+        tail = "y- did not fall"
+    elif rising:
+        tail = f"y- fell while these probes rose: {rising}"
+    else:
+        tail = "y- fell and none of the other probes rose (its mass went to responses not probed here)"
+    return f"D_{train_set}, over DPO, change of the mean per-token log-prob: {parts}; {tail}."
 
 
 def checkpoint_order(series: pd.DataFrame) -> list[str]:
