@@ -3,9 +3,10 @@ training set, and the numbers the probe figures and their one-line description s
 
 Layout (the launchers' and the quickstart's): ``ROOT/<train set>/<stage>/probes.parquet``, e.g.
 ``m/sft`` and ``m/dpo``. Checkpoints get a ``label`` (``sft:2``, ``dpo:checkpoint-8``) and an
-``x`` position: SFT epochs first, then the DPO checkpoints after the last SFT epoch (the DPO
-series' own starting model is the last SFT epoch, so its ``base`` row is left out when the SFT
-series is present).
+``x`` position: SFT epochs first, then the DPO checkpoints after the last SFT epoch. The DPO
+series' own ``base`` (its starting model, the last SFT epoch) gets no x when the SFT series is
+present (it is not drawn twice), but it is the start of ``dpo_shift``: ``self_greedy`` is each
+series' own starting model's response, so only the DPO series' rows compare over DPO.
 """
 
 from __future__ import annotations
@@ -37,12 +38,11 @@ def read_series(paths: dict[str, Path], columns=None) -> pd.DataFrame:
     frames, offset = [], 0.0
     for stage in sorted(paths, key=STAGE_ORDER.get):
         frame = pd.read_parquet(paths[stage], columns=columns)
-        if stage == "dpo" and "sft" in paths:
-            frame = frame[frame["checkpoint"] != "base"]
-        order = (frame[["epoch", "checkpoint"]].drop_duplicates().sort_values("epoch")["checkpoint"].tolist())
+        drawn = frame[frame["checkpoint"] != "base"] if stage == "dpo" and "sft" in paths else frame
+        order = drawn[["epoch", "checkpoint"]].drop_duplicates().sort_values("epoch")["checkpoint"].tolist()
         positions = {name: offset + i for i, name in enumerate(order)}
         if stage == "dpo" and "sft" in paths:  # DPO ordinals 1..K continue after the last SFT epoch
-            positions = {name: offset - 1 + frame.loc[frame["checkpoint"] == name, "epoch"].iloc[0]
+            positions = {name: offset - 1 + drawn.loc[drawn["checkpoint"] == name, "epoch"].iloc[0]
                          for name in order}
         frame = frame.assign(label=stage + ":" + frame["checkpoint"].astype(str),
                              x=frame["checkpoint"].map(positions).astype(float))
@@ -58,20 +58,19 @@ def probe_means(series: pd.DataFrame, value: str = "logp_mean") -> pd.DataFrame:
 
 
 def dpo_shift(series: pd.DataFrame, value: str = "logp_mean") -> pd.Series | None:
-    """Per probe: mean ``value`` at the last DPO checkpoint minus at the DPO start (the last SFT
-    checkpoint, else the DPO series' base); None without DPO checkpoints."""
-    means = series.groupby(["probe", "stage", "x"])[value].mean().reset_index()
-    dpo = means[means["stage"] == "dpo"]
-    if dpo.empty:
+    """Per probe: mean ``value`` at the last DPO checkpoint minus at the DPO start (the DPO
+    series' own base, else the last SFT checkpoint); None without DPO checkpoints."""
+    dpo = series[series["stage"] == "dpo"]
+    if dpo["x"].isna().all():
         return None
-    first_dpo_x = dpo["x"].min()
-    before = means[means["x"] < first_dpo_x]
-    start_x = before["x"].max() if len(before) else first_dpo_x
-    end_x = dpo["x"].max()
-    at = means.set_index(["probe", "x"])[value]
-    probes = [p for p in means["probe"].unique() if (p, start_x) in at.index and (p, end_x) in at.index]
-    return pd.Series({p: at[(p, end_x)] - at[(p, start_x)] for p in probes}).reindex(
-        sorted(probes, key=lambda p: (PROBE_ORDER.index(p) if p in PROBE_ORDER else 99, p)))
+    end = dpo[dpo["x"] == dpo["x"].max()]
+    start = dpo[dpo["checkpoint"] == "base"]
+    if start.empty:
+        before = series[series["x"] < dpo["x"].min()]
+        start = before[before["x"] == before["x"].max()]
+    shift = end.groupby("probe")[value].mean() - start.groupby("probe")[value].mean()
+    shift = shift.dropna()
+    return shift.reindex(sorted(shift.index, key=lambda p: (PROBE_ORDER.index(p) if p in PROBE_ORDER else 99, p)))
 
 
 def describe_shift(train_set: str, shift: pd.Series | None) -> str:
@@ -91,7 +90,14 @@ def describe_shift(train_set: str, shift: pd.Series | None) -> str:
 
 
 def checkpoint_order(series: pd.DataFrame) -> list[str]:
-    return series.drop_duplicates("label").sort_values("x")["label"].tolist()
+    """The drawn checkpoints' labels in x order (the DPO series' own base, without x, left out)."""
+    return series[series["x"].notna()].drop_duplicates("label").sort_values("x")["label"].tolist()
+
+
+def tick_label(label: str) -> str:
+    """'sft:2' -> '2', 'dpo:checkpoint-8' -> 's8' (a DPO step), 'dpo:base' -> 'base'."""
+    stage, name = str(label).split(":", 1)
+    return f"s{name.replace('checkpoint-', '')}" if stage == "dpo" and name != "base" else name
 
 
 def relabel(series: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """An analysis tree's probe tables as one SFT -> DPO series, and the sentence describing DPO's shift."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -31,10 +32,12 @@ def test_series_positions_continue_from_sft_into_dpo(tree):
     paths = find_series(tree)
     assert set(paths) == {"m"} and set(paths["m"]) == {"sft", "dpo"}
     series = read_series(paths["m"])
-    positions = series.drop_duplicates("label").set_index("label")["x"].to_dict()
-    assert positions == {"sft:base": 0, "sft:1": 1, "sft:2": 2, "dpo:checkpoint-4": 3, "dpo:checkpoint-8": 4}
+    positions = series.drop_duplicates("label").set_index("label")["x"]
+    assert positions.dropna().to_dict() == {"sft:base": 0, "sft:1": 1, "sft:2": 2, "dpo:checkpoint-4": 3,
+                                            "dpo:checkpoint-8": 4}
+    assert np.isnan(positions["dpo:base"])  # the last SFT epoch again: not drawn twice
     means = probe_means(series)
-    assert len(means) == 3 * 2 * 5  # probes x test sets x checkpoints
+    assert len(means) == 3 * 2 * 5  # probes x test sets x drawn checkpoints
 
 
 def test_dpo_shift_from_the_last_sft_epoch_and_the_sentence(tree):
@@ -45,3 +48,11 @@ def test_dpo_shift_from_the_last_sft_epoch_and_the_sentence(tree):
     sentence = describe_shift("m", shift)
     assert "y- -2.500" in sentence and "rose: argmax_along_y-" in sentence
     assert describe_shift("m", None) == "D_m: no DPO checkpoints with probes."
+
+
+def test_dpo_shift_starts_at_the_dpo_series_own_base(tree):
+    """self_greedy differs between the series (each its own starting model's response)."""
+    dpo = pd.read_parquet(tree / "m" / "dpo" / "probes.parquet")
+    dpo.loc[(dpo["probe"] == "y+") & (dpo["checkpoint"] == "base"), "logp_mean"] = -5.0
+    dpo.to_parquet(tree / "m" / "dpo" / "probes.parquet")
+    assert dpo_shift(read_series(find_series(tree)["m"]))["y+"] == pytest.approx(-1.0 - -5.0)

@@ -68,13 +68,13 @@ def plot_probe_means(series: dict[str, pd.DataFrame]):
     for ax in axes[:, 0]:
         ax.set_ylabel("mean log-prob per token")
     for ax in axes[-1]:
-        ax.set_xlabel("SFT epoch | DPO checkpoint")
+        ax.set_xlabel("SFT epoch | DPO step (s)")
     for ax in list(axes.flat)[len(probes):]:
         ax.axis("off")
     first = next(iter(series.values()))
     ticks = first.drop_duplicates("x").sort_values("x")
-    axes[-1, 0].set_xticks(ticks["x"], [str(lbl).split(":", 1)[1].replace("checkpoint-", "")
-                                        for lbl in ticks["label"]], rotation=45)
+    ticks = ticks[ticks["x"].notna()]
+    axes[-1, 0].set_xticks(ticks["x"], [probe_tables.tick_label(lbl) for lbl in ticks["label"]], rotation=45)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(6, len(labels)))
     n_examples = first["example_id"].nunique()
@@ -85,7 +85,7 @@ def plot_probe_means(series: dict[str, pd.DataFrame]):
 
 def plot_tokens(tokens: pd.DataFrame, train_set: str):
     """(a) change heatmaps per response and direction, (b) cumulative y+ - y- per checkpoint."""
-    tokens = probe_tables.relabel(tokens)
+    tokens = probe_tables.relabel(tokens[tokens["x"].notna()])  # the DPO base repeats the last SFT epoch
     order = probe_tables.checkpoint_order(tokens)
     start = order[0]
     change = token_dynamics.position_change(tokens, start, order)
@@ -105,7 +105,8 @@ def plot_tokens(tokens: pd.DataFrame, train_set: str):
             image = ax.imshow(matrix, aspect="auto", interpolation="nearest",
                               cmap=plt.get_cmap("RdBu").with_extremes(bad="0.85"),
                               norm=CenteredNorm(vcenter=0.0, halfrange=limit))
-            ax.set_yticks(range(len(order)), [lbl.replace("checkpoint-", "") for lbl in order], fontsize=5)
+            ax.set_yticks(range(len(order)), [f"{lbl.split(':')[0]} {probe_tables.tick_label(lbl)}" for lbl in order],
+                          fontsize=5)
             ax.set_title(f"{'$y^+$' if response == 'chosen' else '$y^-$'}, {TYPE_NAMES.get(sample_type, sample_type)}")
             ax.set_xlabel("response token position")
     if image is not None:
@@ -118,7 +119,7 @@ def plot_tokens(tokens: pd.DataFrame, train_set: str):
         for color, label in zip(colors, order):
             part = curve[(curve["checkpoint"] == label) & (curve["sample_type"] == sample_type)]
             ax.plot(part["position"], part["cumulative_delta"], color=color, linewidth=0.9,
-                    label=label.replace("checkpoint-", ""))
+                    label=f"{label.split(':')[0]} {probe_tables.tick_label(label)}")
         ax.axhline(0, color="0.6", linewidth=0.6)
         ax.set_title(f"where the preference forms, {TYPE_NAMES.get(sample_type, sample_type)}")
         ax.set_ylabel(r"cumulative $\log p(y^+_{\leq t}) - \log p(y^-_{\leq t})$")
