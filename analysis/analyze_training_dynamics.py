@@ -237,7 +237,7 @@ def main(argv=None) -> None:
     todo = checkpoints_to_score(checkpoints, keys, output_dir, shard)
     probes = ProbeRun(args, tokenizer, data, pairs, output_dir, shard, trained_from, args.base_model,
                       scoring_dtype(device))
-    todo = [c for c in checkpoints if c in todo or probes.missing(c, keys[c.name])]  # parts of --probes too
+    todo = probes.with_missing_parts(checkpoints, todo, keys)  # and checkpoints lacking probe parts
     shard.barrier()  # every rank decided on the same to-do list before any part is written
 
     models = CheckpointModels(args.base_model, scoring_dtype(device), device,

@@ -193,6 +193,13 @@ class ProbeRun:
                                                           or read_key(self.shard.file(f)) != self.part_key(key))
                    for f in files)
 
+    def with_missing_parts(self, checkpoints, todo, keys: dict[str, dict]) -> list:
+        """``todo`` plus the checkpoints whose probe parts are missing (in series order); says which."""
+        added = [c for c in checkpoints if c not in todo and self.missing(c, keys[c.name])]
+        if added and self.shard.is_main:
+            print(f"probes: scoring {[c.name for c in added]} again for their probe parts (scores unchanged)")
+        return [c for c in checkpoints if c in todo or c in added]
+
     def write_parts(self, checkpoint, key: dict, whole_checkpoint: bool) -> None:
         """This checkpoint's part files: as they are (whole checkpoints) or gathered over shards."""
         if not self.enabled:

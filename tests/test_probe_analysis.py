@@ -119,6 +119,7 @@ def test_resume_rescores_only_missing_parts_and_never_regenerates(probed, series
     analyze_training_dynamics.main(dynamics_args(series, tiny_model_dir, probed))
     out = capsys.readouterr().out
     assert "checkpoint 2 scored" in out and "checkpoint 1 scored" not in out
+    assert "probes: scoring ['2'] again" in out
     pd.testing.assert_frame_equal(pd.read_parquet(probed / "probes.parquet"), before, check_exact=False, rtol=1e-6)
     pd.testing.assert_frame_equal(pd.read_parquet(probed / "self_greedy.parquet"), greedy)
 
