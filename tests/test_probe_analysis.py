@@ -236,3 +236,23 @@ def test_irr_train_rows_from_the_training_record(series, tiny_model_dir, tmp_pat
     generate_preference_rows(6, seed=9).to_parquet(train_file)  # changed since training
     with pytest.raises(UsageError, match="--probe_train_file"):
         train_rows(args, tokenizer, [run])
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_does(probed, series, tiny_model_dir, tmp_path):
+    """torchrun, examples split over 2 ranks (LoRA series): the same probe and token files."""
+    from helpers import REPO_ROOT, run_command, torchrun_command
+
+    script = str(REPO_ROOT / "analysis" / "analyze_training_dynamics.py")
+    run_command(torchrun_command(2) + [script, *dynamics_args(series, tiny_model_dir, tmp_path)], check=True)
+    for name, key in (("probes.parquet", ["checkpoint", "example_id", "probe"]),
+                      ("token_logps.parquet", ["checkpoint", "example_id", "response"])):
+        one, two = (pd.read_parquet(d / name).sort_values(key).reset_index(drop=True) for d in (probed, tmp_path))
+        assert len(one) == len(two) and (one[key] == two[key]).all().all()
+        if name == "probes.parquet":
+            np.testing.assert_allclose(two["logp_sum"], one["logp_sum"], rtol=1e-5)
+        else:
+            for a, b in zip(one["logps"], two["logps"]):
+                np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "self_greedy.parquet"),
+                                  pd.read_parquet(probed / "self_greedy.parquet"))
