@@ -26,11 +26,12 @@ import argparse
 import json
 from pathlib import Path
 
-from fwdrev.checkpoints import DPO_FOLDER, free_memory
+from fwdrev.checkpoints import DPO_FOLDER, Checkpoint, free_memory
 from fwdrev.cli import run_cli
 from fwdrev.fingerprint import file_sha256
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_for_scoring
+from fwdrev.probe_scoring import ProbeRun, add_probe_arguments, loaded_model
 from fwdrev.provenance import recorded_adapter_base, resolve_adapter_base, train_overlap
 from fwdrev.score_keys import content_settings, model_content
 from fwdrev.scoring import (
@@ -43,7 +44,6 @@ from fwdrev.scoring import (
     parse_scoring_args,
     problem_group_ids,
     sample_types_by_id,
-    score_pairs,
     scores_table,
     scoring_chunk_size,
     scoring_dtype,
@@ -71,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="'step' column (default: N of a checkpoint-N folder, else empty).")
     add_scoring_arguments(parser)
     add_group_argument(parser)
+    add_probe_arguments(parser)  # the reference model (--ref_model_path) is the probes' starting model
     return parse_scoring_args(parser, argv)
 
 
@@ -107,19 +108,24 @@ def main(argv=None) -> None:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")
     my_pairs = shard.take(pairs, pair_length)
+    probes = ProbeRun(args, tokenizer, data, pairs, output_dir, shard, [args.model_path], args.ref_model_path, dtype)
+    probes.prepare_greedy(lambda: loaded_model(args.ref_model_path, args.ref_base_model, dtype, device,
+                                               args.use_flash_attention, args.force_base_model,
+                                               "--ref_base_model"), my_pairs)
 
-    def score(scoring_model):
-        return score_pairs(scoring_model, my_pairs, tokenizer.pad_token_id,
-                           batch_size=args.batch_size, first_k=args.max_tokens,
-                           chunk_size=scoring_chunk_size(args, scoring_model), device=device,
-                           progress=shard.is_main, score_tokens=args.score_tokens)
+    def score(scoring_model, checkpoint):
+        return probes.score_pairs(scoring_model, my_pairs, tokenizer.pad_token_id, checkpoint,
+                                  batch_size=args.batch_size, first_k=args.max_tokens,
+                                  chunk_size=scoring_chunk_size(args, scoring_model), device=device,
+                                  progress=shard.is_main, score_tokens=args.score_tokens)
 
     name = args.checkpoint_name or Path(args.model_path).resolve().name
     step = args.step
     if step is None and (match := DPO_FOLDER.match(name)):
         step = int(match.group(1))
-    table = scores_table(score(model), sample_types_by_id(data), name, args.stage, args.epoch, step,
-                         args.scoring)
+    checkpoints = [Checkpoint(name, Path(args.model_path), args.stage, args.epoch, step)]
+    table = scores_table(score(model, checkpoints[0]), sample_types_by_id(data), name, args.stage, args.epoch,
+                         step, args.scoring)
     if args.allow_train_overlap and trained_on is not None:
         table["trained_on"] = table["example_id"].map(trained_on).astype(bool)
     if args.ref_model_path:
@@ -128,8 +134,10 @@ def main(argv=None) -> None:
         reference, _ = load_for_scoring(args.ref_model_path, args.ref_base_model, dtype, device,
                                         args.use_flash_attention, force_base_model=args.force_base_model,
                                         base_flag="--ref_base_model")
-        table = add_reward_columns(table, score(reference), args.beta)
+        checkpoints.append(Checkpoint("reference", Path(args.ref_model_path), args.stage, 0, 0))
+        table = add_reward_columns(table, score(reference, checkpoints[-1]), args.beta)
     table = add_group_ids(table, group_ids)
+    probes.write_gathered([c.name for c in checkpoints], output_dir)  # probes.parquet, token_logps.parquet
 
     key = shard_key(args, dtype, name, step) if shard.count > 1 else None
     merged = gather_table(shard, table, output_dir / "scores.parquet", [p.example_id for p in pairs], key)

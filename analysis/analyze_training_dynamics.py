@@ -37,6 +37,7 @@ from fwdrev.cli import UsageError, run_cli
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import exclusive_lock, write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
+from fwdrev.probe_scoring import ProbeRun, add_probe_arguments
 from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
 from fwdrev.score_keys import content_settings
 from fwdrev.scoring import (
@@ -50,7 +51,6 @@ from fwdrev.scoring import (
     parse_scoring_args,
     problem_group_ids,
     sample_types_by_id,
-    score_pairs,
     scores_table,
     scoring_chunk_size,
     scoring_dtype,
@@ -86,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "adapters, which share one loaded base).")
     add_scoring_arguments(parser)
     add_group_argument(parser)
+    add_probe_arguments(parser)
     return parse_scoring_args(parser, argv)
 
 
@@ -247,21 +248,28 @@ def main(argv=None) -> None:
     device = shard.device(args.gpu_id)
     keys = current_part_keys(args, stage, scoring_dtype(device))
     todo = checkpoints_to_score(checkpoints, keys, output_dir, shard)
+    probes = ProbeRun(args, tokenizer, data, pairs, output_dir, shard, trained_from, args.base_model,
+                      scoring_dtype(device))
+    todo = probes.with_missing_parts(checkpoints, todo, keys)  # and checkpoints lacking probe parts
     shard.barrier()  # every rank decided on the same to-do list before any part is written
 
     models = CheckpointModels(args.base_model, scoring_dtype(device), device,
                               pick_attn_implementation(args.use_flash_attention), args.force_base_model)
+    if todo:  # before the split below: under torchrun every rank meets its barrier
+        probes.prepare_greedy(lambda: models.activate(base_checkpoint(stage)), my_pairs)
     if whole_checkpoints:  # by position in the whole series, so separate runs never overlap or skip
         todo = [c for c in checkpoints[shard.index :: shard.count] if c in todo]
     for checkpoint in todo:
         with models.activate(checkpoint) as model:
-            scores = score_pairs(model, my_pairs, tokenizer.pad_token_id, batch_size=args.batch_size,
-                                 first_k=args.max_tokens, chunk_size=scoring_chunk_size(args, model),
-                                 device=device, progress=shard.is_main, score_tokens=args.score_tokens)
+            scores = probes.score_pairs(model, my_pairs, tokenizer.pad_token_id, checkpoint,
+                                        batch_size=args.batch_size, first_k=args.max_tokens,
+                                        chunk_size=scoring_chunk_size(args, model), device=device,
+                                        progress=shard.is_main, score_tokens=args.score_tokens)
         table = scores_table(scores, sample_types, checkpoint.name, checkpoint.stage,
                              checkpoint.epoch, checkpoint.step, args.scoring)
         if args.allow_train_overlap and trained_on is not None:
             table["trained_on"] = table["example_id"].map(trained_on).astype(bool)
+        probes.write_parts(checkpoint, keys[checkpoint.name], whole_checkpoints)
         if whole_checkpoints:  # this process's own checkpoint, every example: its part, as it is
             write_parquet(by_example_id(table), part_file(output_dir, checkpoint), keys[checkpoint.name])
             print(f"checkpoint {checkpoint.name} scored (process {shard.index})")
@@ -272,6 +280,8 @@ def main(argv=None) -> None:
         shard.barrier()  # every part written before rank 0 merges them
     if shard.is_main or not shard.launched:
         table = write_tables_when_complete(output_dir, checkpoints, keys, args.scoring, group_ids)
+        if table is not None:  # every checkpoint scored: the probe tables are complete too
+            probes.merge_parts(keys)
         if table is not None:
             print(f"wrote {output_dir}: {table['checkpoint'].nunique()} checkpoints, "
                   f"{len(table)} rows in all.parquet/.csv")

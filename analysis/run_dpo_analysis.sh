@@ -19,6 +19,10 @@ BATCH_SIZE="${BATCH_SIZE:-2}"
 SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (README)
 SCORE_TOKENS="${SCORE_TOKENS:-}"      # empty: whole responses; 1000 (= MAX_TOKENS): only the first-K
                                       # columns of the headline metric (the rest NaN), faster
+PROBES="${PROBES:-}"                  # e.g. all, or irr_test,permuted,argmax (docs/probes.md); empty: none
+PROBE_FIELDS="${PROBE_FIELDS:-}"      # extra response columns of the data to score as probes
+PROBE_TRAIN_FILE="${PROBE_TRAIN_FILE:-}"  # training split for irr_train (default: the run's record)
+TOKEN_POSITIONS="${TOKEN_POSITIONS:-0}"   # 1000: per-position log-probs of y+/y- (token_logps.parquet)
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
 require_path "model" "${MODEL_PATH}"
@@ -34,4 +38,6 @@ launch "${REPO_ROOT}/analysis/analyze_dpo_model.py" \
     --beta "${BETA}" --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
     ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --scoring "${SCORING}" \
     ${SCORE_TOKENS:+--score_tokens "${SCORE_TOKENS}"} \
+    ${PROBES:+--probes "${PROBES}"} ${PROBE_FIELDS:+--probe_fields "${PROBE_FIELDS}"} \
+    ${PROBE_TRAIN_FILE:+--probe_train_file "${PROBE_TRAIN_FILE}"} --token_positions "${TOKEN_POSITIONS}" \
     --batch_size "${BATCH_SIZE}" "${optional[@]}" "$@"

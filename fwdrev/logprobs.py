@@ -45,11 +45,20 @@ class SequenceLogprobs:
     sum: torch.Tensor  # (B,) float32
     mean: torch.Tensor  # (B,) float32 (sum / count; 0 for an empty response)
     count: torch.Tensor  # (B,) long
+    # Optional (``with_argmax``): the max over the vocabulary of the log-prob at each position,
+    # from the same chunk's log-softmax (the "argmax token" probe); 0 where mask is False.
+    argmax_per_token: torch.Tensor | None = None
 
 
 def _label_logps_of_chunk(head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # log_softmax + gather: on CPU about a third of the time of gather - logsumexp
     return head.logits(hidden).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _label_and_max_logps_of_chunk(head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(2, N): the label's log-prob and the max log-prob of each position, one log-softmax."""
+    chunk_logps = head.logits(hidden).log_softmax(-1)
+    return torch.stack([chunk_logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1), chunk_logps.amax(-1)])
 
 
 class FrozenHeadLabelLogprobs(torch.autograd.Function):
@@ -61,7 +70,8 @@ class FrozenHeadLabelLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size: int, keep_gradient: bool, scale: float = 1.0,
-                softcap: float | None = None, compute_dtype: torch.dtype | None = None):
+                softcap: float | None = None, compute_dtype: torch.dtype | None = None,
+                max_logps: torch.Tensor | None = None):
         head = OutputHead(None, scale, softcap)
         out_dtype = torch.promote_types(hidden.dtype, torch.float32)  # float64 stays float64 (gradcheck)
         compute_dtype = compute_dtype or weight.dtype
@@ -82,6 +92,8 @@ class FrozenHeadLabelLogprobs(torch.autograd.Function):
             chunk_logps = torch.log_softmax(logits, -1, out=logps_buffer[:size])
             rows = torch.arange(chunk_logps.shape[0], device=hidden.device)
             logps[chunk] = chunk_logps[rows, targets[chunk]]
+            if max_logps is not None:  # the argmax probe: filled in place, never differentiated
+                max_logps[chunk] = chunk_logps.amax(-1)
             if keep_gradient:  # d logp[t] / d h = scale * W^T ((onehot(t) - softmax) * dcap/dz)
                 softmax = chunk_logps.exp_()
                 softmax[rows, targets[chunk]] -= 1.0
@@ -95,7 +107,7 @@ class FrozenHeadLabelLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps):
         (gradient,) = ctx.saved_tensors
-        return (gradient * grad_logps.unsqueeze(-1).to(gradient.dtype),) + (None,) * 7
+        return (gradient * grad_logps.unsqueeze(-1).to(gradient.dtype),) + (None,) * 8
 
 
 def _head_needs_no_gradient(head: OutputHead) -> bool:
@@ -117,13 +129,13 @@ def head_compute_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _frozen_head_logps(head: OutputHead, flat_hidden: torch.Tensor, flat_targets: torch.Tensor,
-                       chunk_size: int) -> torch.Tensor:
+                       chunk_size: int, max_logps: torch.Tensor | None = None) -> torch.Tensor:
     weight = head.linear.weight
     keep_gradient = torch.is_grad_enabled() and flat_hidden.requires_grad
 
     def apply():
         return FrozenHeadLabelLogprobs.apply(flat_hidden, weight, flat_targets, chunk_size, keep_gradient,
-                                             head.scale, head.softcap, head_compute_dtype(weight))
+                                             head.scale, head.softcap, head_compute_dtype(weight), max_logps)
 
     if hasattr(weight, "ds_id"):  # ZeRO-3: gather the head once for every chunk of this call
         import deepspeed
@@ -134,19 +146,22 @@ def _frozen_head_logps(head: OutputHead, flat_hidden: torch.Tensor, flat_targets
 
 
 def label_logprobs(hidden: torch.Tensor, lm_head, targets: torch.Tensor,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogprobs:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, with_argmax: bool = False) -> SequenceLogprobs:
     """Log-probs of ``targets`` (B, T) under ``lm_head(hidden)`` for hidden (B, T, H).
 
     ``lm_head``: an ``OutputHead`` (``fwdrev.output_head.output_head`` of the model), or a plain
     linear head.
 
     ``hidden`` and ``targets`` are already aligned (hidden at t predicts targets at t);
-    positions whose target is ``IGNORE_INDEX`` are skipped entirely.
+    positions whose target is ``IGNORE_INDEX`` are skipped entirely. ``with_argmax`` (scoring,
+    no gradient): also ``argmax_per_token``, from the same chunks' log-softmax.
     """
     head = lm_head if isinstance(lm_head, OutputHead) else OutputHead(lm_head)
     mask = targets != IGNORE_INDEX
     flat_hidden = hidden[mask]  # (N, H): only labelled positions reach the head
     flat_targets = targets[mask]
+    if with_argmax:
+        return _label_and_max_logprobs(hidden, head, mask, flat_hidden, flat_targets, chunk_size)
     if _head_needs_no_gradient(head):
         flat = _frozen_head_logps(head, flat_hidden, flat_targets, chunk_size)
         return _sequence_stats(flat, mask, targets, hidden.device)
@@ -181,6 +196,23 @@ def label_logprobs(hidden: torch.Tensor, lm_head, targets: torch.Tensor,
     return _sequence_stats(flat, mask, targets, hidden.device, padding)
 
 
+@torch.no_grad()
+def _label_and_max_logprobs(hidden, head, mask, flat_hidden, flat_targets, chunk_size) -> SequenceLogprobs:
+    """``label_logprobs`` plus the per-position max log-prob (the argmax probe), without autograd."""
+    if _head_needs_no_gradient(head):
+        flat_max = torch.empty(flat_targets.shape[0], dtype=torch.float32, device=hidden.device)
+        flat = _frozen_head_logps(head, flat_hidden, flat_targets, chunk_size, flat_max)
+    else:
+        pieces = [_label_and_max_logps_of_chunk(head, flat_hidden[start : start + chunk_size],
+                                                flat_targets[start : start + chunk_size])
+                  for start in range(0, flat_targets.numel(), chunk_size)]
+        flat, flat_max = torch.cat(pieces, 1) if pieces else hidden.new_zeros((2, 0), dtype=torch.float32)
+    out = _sequence_stats(flat.float(), mask, mask, hidden.device)
+    out.argmax_per_token = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(
+        mask, flat_max.float())
+    return out
+
+
 def _sequence_stats(flat: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, device,
                     padding: torch.Tensor | float = 0.0) -> SequenceLogprobs:
     per_token = torch.zeros(targets.shape, dtype=torch.float32, device=device)
@@ -212,7 +244,8 @@ def unwrap_causal_lm(model):
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogprobs:
+                      labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      with_argmax: bool = False) -> SequenceLogprobs:
     """Response log-probs of a causal LM, computed from its final hidden states.
 
     ``labels`` are the input ids with ``IGNORE_INDEX`` at prompt and padding positions; the
@@ -230,7 +263,7 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         # Scoring: the decoder alone, so no layer's hidden states outlive their use.
         hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                          use_cache=False).last_hidden_state
-    return label_logprobs(hidden[:, :-1], output_head(causal_lm), labels[:, 1:], chunk_size)
+    return label_logprobs(hidden[:, :-1], output_head(causal_lm), labels[:, 1:], chunk_size, with_argmax)
 
 
 def uses_padding_free_attention(model) -> bool:
@@ -241,26 +274,31 @@ def uses_padding_free_attention(model) -> bool:
 
 @torch.no_grad()
 def scoring_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> SequenceLogprobs:
+                     labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     with_argmax: bool = False) -> SequenceLogprobs:
     """``sequence_logprobs`` for scoring, without padding unless the kernel unpads itself.
 
     A padded batch gives SDPA a 4-D mask, which sends it to its quadratic-memory math kernel;
     one unpadded sequence at a time runs the causal kernel. Values equal the batched call.
     Always one forward per row (not only for padded batches), so that ranks that must call the
-    model equally often under ZeRO-3 stay in step.
+    model equally often under ZeRO-3 stay in step. ``with_argmax``: see ``label_logprobs``.
     """
     if uses_padding_free_attention(model):
-        return sequence_logprobs(model, input_ids, attention_mask, labels, chunk_size)
+        return sequence_logprobs(model, input_ids, attention_mask, labels, chunk_size, with_argmax)
     rows = []
     for row in range(input_ids.shape[0]):
         length = int(attention_mask[row].sum())
         rows.append(sequence_logprobs(model, input_ids[row : row + 1, :length], None,
-                                      labels[row : row + 1, :length], chunk_size))
+                                      labels[row : row + 1, :length], chunk_size, with_argmax))
     width = labels.shape[1] - 1
     per_token = torch.zeros((len(rows), width), dtype=torch.float32, device=labels.device)
     mask = torch.zeros((len(rows), width), dtype=torch.bool, device=labels.device)
+    argmax = torch.zeros_like(per_token) if with_argmax else None
     for row, out in enumerate(rows):
         per_token[row, : out.per_token.shape[1]] = out.per_token[0]
         mask[row, : out.mask.shape[1]] = out.mask[0]
+        if with_argmax:
+            argmax[row, : out.argmax_per_token.shape[1]] = out.argmax_per_token[0]
     return SequenceLogprobs(per_token=per_token, mask=mask, sum=torch.cat([r.sum for r in rows]),
-                            mean=torch.cat([r.mean for r in rows]), count=torch.cat([r.count for r in rows]))
+                            mean=torch.cat([r.mean for r in rows]), count=torch.cat([r.count for r in rows]),
+                            argmax_per_token=argmax)

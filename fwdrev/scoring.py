@@ -79,12 +79,14 @@ def pair_length(pair: TokenizedPair) -> int:
 def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_size: int = 2,
                 first_k: int = 1000, chunk_size: int = DEFAULT_CHUNK_SIZE,
                 device: torch.device | str | None = None, progress: bool = False,
-                score_tokens: int | None = None) -> pd.DataFrame:
+                score_tokens: int | None = None, on_batch=None) -> pd.DataFrame:
     """Score chosen and rejected responses of ``pairs``; one row per pair, in input order.
 
     Columns: example_id, ``{chosen,rejected}_{STAT_NAMES}`` and ``delta_{DELTA_STATS}``.
     ``score_tokens`` K (>= ``first_k``): only each response's first K tokens are run through the
     model (a causal model gives them the values of full scoring); see ``first_tokens_only``.
+    ``on_batch(batch_pairs, out)``: called with each batch's ``SequenceLogprobs`` (chosen rows,
+    then rejected rows; argmax included) for per-position outputs, ``fwdrev.token_dynamics``.
     """
     full_pairs = pairs
     if score_tokens is not None:
@@ -101,7 +103,9 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_token_id: int, *, batch_s
             batch = collate_pairs(batch_pairs, pad_token_id)  # chosen rows, then rejected rows
             out = scoring_logprobs(model, batch["input_ids"].to(device),
                                    batch["attention_mask"].to(device),
-                                   batch["labels"].to(device), chunk_size)
+                                   batch["labels"].to(device), chunk_size, with_argmax=on_batch is not None)
+            if on_batch is not None:
+                on_batch(batch_pairs, out)
             stats = {name: split_halves(values.cpu().tolist(), len(batch_pairs))
                      for name, values in response_stats(out.per_token, out.mask, first_k).items()}
             for j, index in enumerate(batch_indices):

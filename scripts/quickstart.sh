@@ -95,6 +95,15 @@ score "${OUT}/sft_r" "${RESULTS}/r/sft"
 score "${OUT}/sft_m" "${RESULTS}/m/sft"
 score "${OUT}/dpo_m" "${RESULTS}/m/dpo"
 
+probe_series() {  # probe_series RUN_DIR OUTPUT_DIR: probe responses and per-token log-probs (docs/probes.md)
+    banner "where the mass goes: probe responses and token dynamics, $1"
+    launch analysis/analyze_training_dynamics.py --checkpoint_dir "$1" --include_base \
+        --dataset_path "${DATA}/test.parquet" --output_dir "$2" --max_length "${MAX_LENGTH}" \
+        --max_prompt_length 128 --probes all --token_positions 1000 --probe_max_new_tokens "${MAX_NEW_TOKENS}"
+}
+probe_series "${OUT}/sft_m" "${OUT}/probes/m/sft"  # outside RESULTS: the summary table stays the study's
+probe_series "${OUT}/dpo_m" "${OUT}/probes/m/dpo"
+
 banner "benchmark accuracy: held-out T_f/T_r and a tiny MATH500-shaped fixture, hf backend"
 # analysis/evaluate_benchmarks.py as for the paper's table (docs/benchmarks.md), on the tiny model:
 # greedy, chat template, math-verify grading; accuracy near 0 is expected, the path is what is shown.
@@ -112,6 +121,8 @@ python visualization/visualize_training_dynamics.py --results_dir "${RESULTS}" \
     --output_dir "${OUT}/figures/dynamics"
 python visualization/visualize_training_dynamics.py --results_dir "${OUT}/dpo_m" \
     --output_dir "${OUT}/figures/probes"
+python visualization/plot_probes.py --results_dir "${OUT}/probes" --output_dir "${OUT}/figures/mass" \
+    | tee "${OUT}/figures/mass.txt"  # prints the figures and one sentence on what they show
 
 banner "summary"
 python analysis/summarize_results.py --results_dir "${RESULTS}"

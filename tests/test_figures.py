@@ -432,7 +432,8 @@ def test_dynamics_plot_means_per_step_split_and_type(tmp_path):
     make_dynamics(tmp_path / "dynamics.csv")
     fig = dyn.plot_dynamics(pd.read_csv(tmp_path / "dynamics.csv"), "dynamics.csv")
     train_top = fig.axes[0]
-    assert train_top.get_title() == "train" and fig.axes[1].get_title() == "eval"
+    assert train_top.get_title() == "training rows (3 probed)"
+    assert fig.axes[1].get_title() == "held-out eval rows (3 probed)"
     original = next(ln for ln in train_top.lines if ln.get_label() == "$y^+$ original")
     assert np.allclose(original.get_xdata(), [0, 5, 10])
     assert np.allclose(original.get_ydata(), [-1 + 0.05, -1 + 0.05 + 0.05, -1 + 0.1 + 0.05])
@@ -451,6 +452,15 @@ def test_visualize_cli_writes_a_figure_per_table_and_dynamics(tmp_path):
         assert pdf.read_bytes()[:5] == b"%PDF-"
         assert str(png) in proc.stdout
     assert len(list((tmp_path / "out").iterdir())) == 2 * len(stems)
+
+
+def test_dynamics_title_names_the_run_and_stage(tmp_path):
+    dyn = _load_script(DYN_SCRIPT)
+    make_dynamics(tmp_path / "dpo_m" / "dynamics.csv")
+    (tmp_path / "dpo_m" / "run_config.json").write_text('{"DPOArguments": {}}')
+    assert dyn.dynamics_title(tmp_path / "dpo_m" / "dynamics.csv", tmp_path / "dpo_m") == \
+        "In-training probes of run dpo_m (DPO)"
+    assert dyn.dynamics_title(tmp_path / "dpo_m" / "dynamics.csv", tmp_path) == "In-training probes of run dpo_m (DPO)"
 
 
 def test_visualize_cli_fails_clearly_on_an_empty_folder(tmp_path):

@@ -29,6 +29,9 @@ def test_quickstart_small(tmp_path, tiny_model_dir):
     assert {"heldout", "math500", "heldout_original", "heldout_flipped"} <= set(table.columns)
     assert (out / "benchmarks" / "paired.csv").is_file() and "| sft_r |" in result.stdout
     assert "T_f delta" in result.stdout and "quickstart finished" in result.stdout
+    for name in ("probes.png", "tokens_m.png", "top_tokens_m.csv"):  # the probe stage (docs/probes.md)
+        assert (out / "figures" / "mass" / name).stat().st_size > 0
+    assert "D_m, over DPO" in result.stdout
     tables = pd.read_parquet(out / "analysis" / "f" / "sft" / "all.parquet")
     assert sorted(tables["epoch"].unique()) == [1, 2] and len(tables) == 2 * 20
 

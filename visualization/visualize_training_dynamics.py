@@ -155,8 +155,26 @@ def plot_table(table, title: str, ci: bool = False):
     return fig
 
 
+SPLIT_NAMES = {"train": "training rows", "eval": "held-out eval rows"}
+
+
+def dynamics_title(path: Path, root: Path) -> str:
+    """'In-training probes of <run> (<stage>)': the run folder and, from its run_config.json, SFT or DPO."""
+    run = path.parent.resolve()
+    config_path = run / "run_config.json"
+    stage = None
+    if config_path.is_file():
+        import json
+
+        config = json.loads(config_path.read_text())
+        stage = "DPO" if "DPOArguments" in config else "SFT" if "SFTArguments" in config else None
+    name = path.parent.relative_to(root).as_posix() if path.parent != root else root.resolve().name
+    return f"In-training probes of run {name}" + (f" ({stage})" if stage else "")
+
+
 def plot_dynamics(dynamics, title: str):
-    """In-training probes: mean y+/y- and delta against step, one column per split."""
+    """In-training probes: mean y+/y- and delta against step, one column per split (titled with
+    the split and its number of rows)."""
     means = dynamics_tables.dynamics_means(dynamics)
     present = set(means["split"])
     splits = [s for s in ("train", "eval") if s in present] + sorted(present - {"train", "eval"})
@@ -172,7 +190,8 @@ def plot_dynamics(dynamics, title: str):
                      label=f"$y^-$ {sample_type}")
             bottom.plot(rows["step"], rows["delta_logp_mean"], color=color, label=sample_type)
         bottom.axhline(0, color="0.6", linewidth=0.6)
-        top.set_title(f"{split}")
+        rows_of_split = dynamics.loc[dynamics["split"] == split, "example_id"].nunique()
+        top.set_title(f"{SPLIT_NAMES.get(split, split)} ({rows_of_split} probed)")
         top.set_ylabel("mean log-prob (per token)")
         bottom.set_ylabel(r"$\Delta = y^+ - y^-$")
         bottom.set_xlabel("training step")
@@ -216,7 +235,7 @@ def main(argv=None) -> list[Path]:
                           "version): drawn without CI bands", file=sys.stderr)
                 fig = plot_table(table, str(relative), ci=with_ci)
             else:
-                fig = plot(table, str(relative))
+                fig = plot(table, dynamics_title(path, root))
             written += figures.save_figure(fig, out / _stem(relative), formats=("png", "pdf"), dpi=args.dpi)
             plt.close(fig)
     for path in written:
