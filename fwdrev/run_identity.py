@@ -91,8 +91,8 @@ def remove_previous_run(output_dir: str | Path) -> list[str]:
     """Delete what an earlier run wrote into ``output_dir``; returns the names removed."""
     removed = []
     for path in run_outputs(output_dir):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
         removed.append(path.name + ("/" if path.is_dir() else ""))
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return removed
 
 
