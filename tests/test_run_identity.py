@@ -169,7 +169,7 @@ def test_init_adapter_made_on_another_base_stops_training(files, tiny_model_dir,
     record_run(adapter, files / "train.parquet", tiny_model_dir, tiny_model_dir)
     argv = ["--model_name", str(other), "--init_adapter", str(adapter), "--train_file_path",
             str(files / "train.parquet"), "--output_dir", str(tmp_path / "dpo"), "--max_steps", "1",
-            "--report_to", "none", "--max_length", "256", "--max_prompt_length", "128"]
+            "--report_to", "none", "--max_length", "256", "--max_prompt_length", "128", "--eval_size", "0"]
     with pytest.raises(UsageError, match="--model_name .* is not the base model of"):
         load_script("dpo", "combined_dpo").main(argv)
     assert not (tmp_path / "dpo").exists()
@@ -231,10 +231,10 @@ def test_overwritten_sft_run_leaves_only_its_own_epochs(files, tiny_model_dir, t
     capsys.readouterr()
     train("scripts/sft", files, tiny_model_dir, tmp_path, *sft, "--num_train_epochs", "1",
           "--overwrite_output_dir", "--merge_weights")
+    assert [c.name for c in discover_checkpoints(tmp_path)] == ["1"]  # the old code kept epoch 2
     assert_mentions(capsys.readouterr().out, f"removed the previous run {first}", "checkpoints/", "checkpoint-2/")
     second = run_id_of(tmp_path)
     assert second != first
-    assert [c.name for c in discover_checkpoints(tmp_path)] == ["1"]  # the old code kept epoch 2
     for folder in (tmp_path / "checkpoints" / "1", tmp_path / "merged", tmp_path / "checkpoint-1"):
         assert run_id_of(folder) == second, folder
     merged_record = json.loads((tmp_path / "merged" / "run_record.json").read_text())
