@@ -13,8 +13,9 @@ problems, the ``group_id`` column) and data_report.json (rows used, excluded and
 
 A LoRA adapter (and a LoRA reference) is loaded on the base recorded in its adapter_config.json;
 another --base_model stops with exit 2 (--force_base_model to override). Rows of problems the
-model was trained on (its training run's run_config.json, found from the model folder) stop the
-run with exit 2 (--allow_train_overlap: score them, with a trained_on column). The implicit
+model was trained on (its run record, read from the model folder; docs/run_identity.md) stop the
+run with exit 2 (--allow_train_overlap: score them, with a trained_on column; --require_provenance:
+a model without a record is exit 2 too). The implicit
 rewards use the beta and loss type of the model's own training run (its record); another --beta
 stops with exit 2 (--force_beta to override).
 """

@@ -19,8 +19,10 @@ file's hash, the scoring settings): a checkpoint retrained into the same folder,
 regenerated at the same path, is rescored, and parts that no longer match are left out.
 
 LoRA checkpoints are loaded on the base recorded in their adapter_config.json (the default of
---base_model; another one stops with exit 2 unless --force_base_model). Rows of problems the run
-was trained on (its run_config.json) stop the run with exit 2 unless --allow_train_overlap.
+--base_model; another one, or a base whose content changed since training, stops with exit 2
+unless --force_base_model). Every checkpoint must carry the run_id of the run folder's
+run_config.json (docs/run_identity.md). Rows of problems the run was trained on (its record)
+stop the run with exit 2 unless --allow_train_overlap; --require_provenance: no record is exit 2.
 """
 
 import argparse

@@ -182,3 +182,15 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str, run_id: str | 
         run_id = None  # checkpoints of a run made before run ids: warned about, accepted
     check_same_run(checkpoints, run_id, output_dir, "--resume_from_checkpoint: checkpoints")
     return check_resumable(str(checkpoints[-1]))  # not one whose optimizer state was pruned
+
+
+def adopt_unrecorded_checkpoints(output_dir: str | Path) -> None:
+    """A run made before run ids, now resumed under one: its checkpoints (none carries a record)
+    get the run's record, so the analysis sees one run, not two."""
+    folders = step_checkpoints(output_dir) + [p for p in (Path(output_dir) / EPOCH_CHECKPOINTS).glob("*")
+                                              if p.is_dir() and EPOCH_CHECKPOINT.match(p.name)]
+    if folders and all(run_id_of(f) is None for f in folders):
+        for folder in folders:
+            write_record(output_dir, folder)
+        logger.info("checkpoints of this run made before run ids now carry its record: %s",
+                    ", ".join(f.name for f in folders))

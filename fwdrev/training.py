@@ -33,7 +33,13 @@ from fwdrev.modeling import (
     zero3_init_disabled,
 )
 from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path
-from fwdrev.run_identity import RunRecordCallback, decide_run_id, resolve_resume_checkpoint, write_record
+from fwdrev.run_identity import (
+    RunRecordCallback,
+    adopt_unrecorded_checkpoints,
+    decide_run_id,
+    resolve_resume_checkpoint,
+    write_record,
+)
 from fwdrev.splits import row_groups, split_train_eval
 from fwdrev.tokenization import encode_examples
 
@@ -364,6 +370,8 @@ def train_and_save(trainer, model_args, tokenizer) -> None:
         return
     if resume_from:
         logger.info("resuming from %s", resume_from)
+        if args.process_index == 0:
+            adopt_unrecorded_checkpoints(args.output_dir)
     trainer.add_callback(RunRecordCallback())  # every checkpoint-<step>/ says which run wrote it
     trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)

@@ -286,3 +286,18 @@ def test_ipo_rewards_use_length_averaged_logprobs():
     assert ipo["chosen_reward"].item() == pytest.approx(0.05) and ipo["rejected_reward"].item() == pytest.approx(-0.1)
     sigmoid = add_reward_columns(policy, reference, 0.1)
     assert sigmoid["chosen_reward"].item() == pytest.approx(0.2)
+
+
+def test_dynamics_parts_are_keyed_by_the_checkpoints_run(files, tiny_model_dir, tmp_path, capsys):
+    """The same weights saved by another run (e.g. a rerun with the same seed) are that run's
+    checkpoint: its part is rescored under the new run_id, not taken from the old run."""
+    run = tmp_path / "run"
+    record_run(run, files / "train.parquet", tiny_model_dir, tiny_model_dir)
+    write_record(run, save_adapter(tiny_model_dir, run / "checkpoints" / "1", seed=1))
+    argv = ["--checkpoint_dir", str(run), "--output_dir", str(tmp_path / "out"), *flags(files / "test.parquet")]
+    analyze_training_dynamics.main(argv)
+    for record_file in (run / "run_config.json", run / "checkpoints" / "1" / "run_record.json"):
+        record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "run_id": "rerun"}))
+    capsys.readouterr()
+    analyze_training_dynamics.main(argv)
+    assert_mentions(capsys.readouterr().out, "checkpoint 1", "run_id", "0 of 1", "['1']")
