@@ -25,6 +25,7 @@ from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.fingerprint import model_fingerprint
 from fwdrev.modeling import load_causal_lm, load_tokenizer
+from fwdrev.problems import normalized_id
 from fwdrev.provenance import train_overlap
 from fwdrev.run_identity import new_run_id, resolve_resume_checkpoint, run_id_of, write_record
 from fwdrev.scoring import add_reward_columns
@@ -106,6 +107,12 @@ def test_overlap_found_by_any_key(files, sft_run, tmp_path):
             train_overlap([sft_run / "merged"], preference_data(tmp_path / f"{name}.parquet"), allow=False)
     held_out = train_overlap([sft_run / "merged"], preference_data(files / "test.parquet"), allow=False)
     assert not any(held_out.values())
+
+
+def test_problem_ids_compare_as_numbers():
+    assert {normalized_id(v) for v in (3, 3.0, "3", " 3 ", np.int64(3), "3.0")} == {"3"}
+    assert normalized_id("A-7 ") == "A-7" and normalized_id(2.5) == "2.5"
+    assert normalized_id(float("nan")) is None and normalized_id(None) is None and normalized_id(" ") is None
 
 
 def test_reverse_rows_of_forward_trained_problems_overlap_without_question_columns(files, tiny_model_dir, tmp_path):
