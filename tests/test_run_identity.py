@@ -11,12 +11,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import assert_mentions, load_script
+from helpers import assert_mentions, free_port, load_script
 from test_provenance import flags, save_adapter, save_model_with_tokenizer
 
 from fwdrev.checkpoints import discover_checkpoints
@@ -27,7 +28,7 @@ from fwdrev.fingerprint import model_fingerprint
 from fwdrev.modeling import load_causal_lm, load_tokenizer
 from fwdrev.problems import normalized_id
 from fwdrev.provenance import train_overlap
-from fwdrev.run_identity import new_run_id, resolve_resume_checkpoint, run_id_of, write_record
+from fwdrev.run_identity import decide_run_id, new_run_id, resolve_resume_checkpoint, run_id_of, write_record
 from fwdrev.scoring import add_reward_columns
 from fwdrev.synthetic import generate_preference_rows
 from fwdrev.training import ModelArguments, prepare_training_data, write_run_config_and_data_report
@@ -308,3 +309,27 @@ def test_dynamics_parts_are_keyed_by_the_checkpoints_run(files, tiny_model_dir, 
     capsys.readouterr()
     analyze_training_dynamics.main(argv)
     assert_mentions(capsys.readouterr().out, "checkpoint 1", "run_id", "0 of 1", "['1']")
+
+
+# ---- every rank gets rank 0's run_id ---------------------------------------------------------------
+def _run_id_on_two_ranks(rank, port, folders, results):
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        args = SimpleNamespace(output_dir=folders[rank], resume_from_checkpoint=None, process_index=rank,
+                               world_size=2)
+        Path(results[rank]).write_text(decide_run_id(args, overwrite=True))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_share_rank_0s_run_id_and_only_rank_0_clears_the_folder(tmp_path):
+    """Each rank drawing its own uuid would disagree on which checkpoints are the run's."""
+    folders = [tmp_path / "rank0", tmp_path / "rank1"]  # as if on two nodes without a shared disk
+    for folder in folders:
+        (folder / "checkpoint-2").mkdir(parents=True)
+    results = [tmp_path / f"result{rank}.txt" for rank in range(2)]
+    torch.multiprocessing.spawn(_run_id_on_two_ranks, args=(free_port(), [str(f) for f in folders],
+                                                            [str(r) for r in results]), nprocs=2)
+    assert results[0].read_text() == results[1].read_text() and len(results[0].read_text()) == 32
+    assert not (folders[0] / "checkpoint-2").exists() and (folders[1] / "checkpoint-2").exists()
