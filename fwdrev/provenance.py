@@ -242,9 +242,14 @@ def check_base_content(model_dir: str | Path, base: str, force: bool, flag: str,
     """Refuse (exit 2, unless ``force``) a base whose content is not the one recorded when
     ``model_dir`` was trained: e.g. an SFT run re-trained into the folder a DPO adapter sits on.
     ``given``: ``base`` came from ``flag``, not from the record."""
-    recorded = recorded_base(model_dir).get("fingerprint")
+    entry = recorded_base(model_dir)
+    recorded = entry.get("fingerprint")
     if recorded is None:
         return
+    if not os.path.exists(base) and os.path.isabs(entry.get("resolved", "")):  # was a local folder
+        raise UsageError(f"{base}, the base model {model_dir} was trained on, does not exist (moved or "
+                         f"deleted?): pass {flag} with its new place (checked by content: fingerprint "
+                         f"{recorded[:12]})")
     current = model_fingerprint(base)
     if current == recorded:
         return

@@ -138,6 +138,9 @@ def test_moved_run_and_copied_merged_model_keep_their_record(files, sft_run, tin
     (tmp_path / "elsewhere").mkdir()
     shutil.move(run, tmp_path / "elsewhere" / "sft_m")
     moved_base = str(tmp_path / "elsewhere" / "sft_m" / "merged")
+    with pytest.raises(UsageError, match="does not exist .*--base_model"):  # not a loader's traceback
+        analyze_dpo_model.main(["--model_path", str(dpo), "--output_dir", str(tmp_path / "out"),
+                                *flags(files / "train.parquet")])
     with pytest.raises(UsageError, match=r"8 of 8 scored rows"):
         analyze_dpo_model.main(["--model_path", str(dpo), "--base_model", moved_base,
                                 "--output_dir", str(tmp_path / "out"), *flags(files / "train.parquet")])
