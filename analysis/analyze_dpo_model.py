@@ -2,7 +2,7 @@
 
     python analysis/analyze_dpo_model.py --model_path ./outputs/dpo_m \\
         --dataset_path ./data/split/test.parquet --output_dir ./outputs/dpo_analysis \\
-        [--ref_model_path ./models/your_base_model --beta 0.1]
+        [--ref_model_path ./models/your_base_model]
     torchrun --nproc_per_node=4 analysis/analyze_dpo_model.py ...   # examples split over GPUs
 
 Outputs in OUTPUT_DIR: scores.parquet and scores.csv (one row per example, columns
@@ -18,8 +18,11 @@ leftover shard file of another model, data or settings it ignored.
 
 A LoRA adapter (and a LoRA reference) is loaded on the base recorded in its adapter_config.json;
 another --base_model stops with exit 2 (--force_base_model to override). Rows of problems the
-model was trained on (its training run's run_config.json, found from the model folder) stop the
-run with exit 2 (--allow_train_overlap: score them, with a trained_on column).
+model was trained on (its run record, read from the model folder; docs/run_identity.md) stop the
+run with exit 2 (--allow_train_overlap: score them, with a trained_on column; --require_provenance:
+a model without a record is exit 2 too). The implicit
+rewards use the beta and loss type of the model's own training run (its record); another --beta
+stops with exit 2 (--force_beta to override).
 """
 
 import argparse
@@ -32,7 +35,7 @@ from fwdrev.fingerprint import file_sha256
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_for_scoring
 from fwdrev.probe_scoring import ProbeRun, add_probe_arguments, loaded_model
-from fwdrev.provenance import recorded_adapter_base, resolve_adapter_base, train_overlap
+from fwdrev.provenance import dpo_reward_settings, recorded_adapter_base, resolve_adapter_base, train_overlap
 from fwdrev.score_keys import content_settings, model_content
 from fwdrev.scoring import (
     add_group_argument,
@@ -63,7 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Reference model: adds ref log-probs and DPO implicit rewards.")
     parser.add_argument("--ref_base_model", default=None,
                         help="Base of a LoRA reference (default, and checked: its own recorded base).")
-    parser.add_argument("--beta", type=float, default=0.1, help="DPO beta of the implicit rewards.")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="DPO beta of the implicit rewards (default, and checked: the one the model "
+                             "was trained with, from its run record; 0.1 for a model without one).")
+    parser.add_argument("--force_beta", action="store_true",
+                        help="Use --beta even when the model was trained with another beta.")
     parser.add_argument("--checkpoint_name", default=None, help="'checkpoint' column (default: folder name).")
     parser.add_argument("--stage", default="dpo", help="'stage' column.")
     parser.add_argument("--epoch", type=int, default=1, help="'epoch' column.")
@@ -85,6 +92,7 @@ def shard_key(args, dtype, name: str, step: int | None) -> dict:
            "reference": model_content(reference, loaded_base(reference, args.ref_base_model)) if reference else None,
            "data_sha256": file_sha256(args.dataset_path),
            "settings": {**content_settings(args, dtype), "beta": args.beta if reference else None,
+                        "loss_type": getattr(args, "loss_type", None) if reference else None,
                         "group_field": args.group_field},
            "columns": {"checkpoint": name, "stage": args.stage, "epoch": args.epoch, "step": step}}
     return json.loads(json.dumps(key))  # as read back from a file (tuples become lists)
@@ -103,7 +111,10 @@ def main(argv=None) -> None:
                              "--ref_base_model")
     data, pairs = load_scoring_pairs(args, tokenizer)
     group_ids = problem_group_ids(data.frame, args.group_field, args.dataset_path)
-    trained_on = train_overlap([args.model_path], data, args.allow_train_overlap)
+    trained_on = train_overlap([args.model_path], data, args.allow_train_overlap, args.require_provenance)
+    if args.ref_model_path:  # a beta the model was not trained with fails before scoring
+        beta, loss_type = dpo_reward_settings(args.model_path, args.beta, args.force_beta)
+        args.beta, args.loss_type = beta, loss_type  # what the rows are scored with (shard key)
     if shard.is_main:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")
@@ -135,7 +146,7 @@ def main(argv=None) -> None:
                                         args.use_flash_attention, force_base_model=args.force_base_model,
                                         base_flag="--ref_base_model")
         checkpoints.append(Checkpoint("reference", Path(args.ref_model_path), args.stage, 0, 0))
-        table = add_reward_columns(table, score(reference, checkpoints[-1]), args.beta)
+        table = add_reward_columns(table, score(reference, checkpoints[-1]), beta, loss_type)
     table = add_group_ids(table, group_ids)
     probes.write_gathered([c.name for c in checkpoints], output_dir)  # probes.parquet, token_logps.parquet
 
@@ -144,6 +155,9 @@ def main(argv=None) -> None:
     if merged is not None:
         write_table(merged, output_dir / "scores.csv")
         summary = summarize_scores(merged)
+        if args.ref_model_path:  # what the reward columns were computed with
+            for values in summary.values():
+                values.update(beta=beta, loss_type=loss_type)
         write_json(output_dir / "summary.json", summary)
         suffix, accuracy = ("_first_k", "pref_acc_first_k") if args.score_tokens else ("", "pref_acc_full")
         for subset, values in summary.items():

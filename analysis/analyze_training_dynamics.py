@@ -21,8 +21,10 @@ file's hash, the scoring settings): a checkpoint retrained into the same folder,
 regenerated at the same path, is rescored, and parts that no longer match are left out.
 
 LoRA checkpoints are loaded on the base recorded in their adapter_config.json (the default of
---base_model; another one stops with exit 2 unless --force_base_model). Rows of problems the run
-was trained on (its run_config.json) stop the run with exit 2 unless --allow_train_overlap.
+--base_model; another one, or a base whose content changed since training, stops with exit 2
+unless --force_base_model). Every checkpoint must carry the run_id of the run folder's
+run_config.json (docs/run_identity.md). Rows of problems the run was trained on (its record)
+stop the run with exit 2 unless --allow_train_overlap; --require_provenance: no record is exit 2.
 """
 
 import argparse
@@ -38,7 +40,8 @@ from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import exclusive_lock, write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
 from fwdrev.probe_scoring import ProbeRun, add_probe_arguments
-from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
+from fwdrev.provenance import check_base_content, recorded_base, train_overlap
+from fwdrev.run_identity import run_id_of
 from fwdrev.score_keys import content_settings
 from fwdrev.scoring import (
     META_COLUMNS,
@@ -128,16 +131,26 @@ def read_part(path: Path, scoring: str) -> pd.DataFrame:
 
 def resolve_base_model(args, checkpoints) -> str:
     """--base_model checked against the adapters' recorded base, or that base by default; for
-    full models without --base_model, the base recorded in the run's run_config.json."""
+    full models, the start model recorded in the run's record (default), and a --base_model (or
+    the recorded folder now) of other content is refused unless --force_base_model."""
     base = series_base_model(checkpoints, args.base_model, args.force_base_model)
     if base is None:
-        folder = run_folder_of(checkpoints[0].path)
-        recorded = json.loads((folder / RUN_CONFIG).read_text()).get("base_model", {}) if folder else {}
-        base = recorded.get("resolved") if os.path.exists(recorded.get("resolved", "")) else None
+        resolved = recorded_base(checkpoints[0].path).get("resolved", "")
+        base = resolved if os.path.exists(resolved) else None
+    if base is not None and not is_adapter_dir(checkpoints[0].path):  # the epoch-0 model of the series
+        check_base_content(checkpoints[0].path, base, args.force_base_model, "--base_model",
+                           given=args.base_model is not None)
     if base is None:
         raise UsageError(f"{args.checkpoint_dir} holds full models and no run_config.json records "
                          "their base model: pass --base_model (its tokenizer is used to score)")
     return base
+
+
+def series_tokenizer(checkpoints, base_model: str) -> str:
+    """A series of full models is scored with the tokenizer its run saved, not --base_model's."""
+    saved = [c.path for c in checkpoints if c.path is not None and not is_adapter_dir(c.path)
+             and (c.path / "tokenizer_config.json").is_file()]
+    return str(saved[0]) if saved else base_model
 
 
 def current_part_keys(args, stage: str, dtype) -> dict[str, dict]:
@@ -148,8 +161,10 @@ def current_part_keys(args, stage: str, dtype) -> dict[str, dict]:
     keys = {}
     for checkpoint in discover_checkpoints(args.checkpoint_dir, stage) + [base_checkpoint(stage)]:
         fingerprint = None if checkpoint.path is None else model_fingerprint(checkpoint.path)
-        keys[checkpoint.name] = json.loads(json.dumps(
-            {"checkpoint": checkpoint.name, "checkpoint_fingerprint": fingerprint, **shared}))
+        key = {"checkpoint": checkpoint.name, "checkpoint_fingerprint": fingerprint, **shared}
+        if checkpoint.path is not None and (run_id := run_id_of(checkpoint.path)):
+            key["run_id"] = run_id  # only then: parts of checkpoints without a record stay valid
+        keys[checkpoint.name] = json.loads(json.dumps(key))
     return keys
 
 
@@ -235,10 +250,10 @@ def main(argv=None) -> None:
         checkpoints.insert(0, base_checkpoint(stage))
     check_settings(args, stage, output_dir, shard.is_main)
 
-    tokenizer = load_tokenizer(args.base_model)  # every checkpoint is scored on the same tokens
+    tokenizer = load_tokenizer(series_tokenizer(checkpoints, args.base_model))  # one for all checkpoints
     data, pairs = load_scoring_pairs(args, tokenizer)
     group_ids = problem_group_ids(data.frame, args.group_field, args.dataset_path)
-    trained_on = train_overlap(trained_from, data, args.allow_train_overlap)
+    trained_on = train_overlap(trained_from, data, args.allow_train_overlap, args.require_provenance)
     if shard.is_main:
         print(data.report.summary())
         data.report.save_json(output_dir / "data_report.json")

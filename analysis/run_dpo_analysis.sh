@@ -11,7 +11,7 @@ BASE_MODEL="${BASE_MODEL:-}"            # base of a LoRA adapter (default, and c
 REF_MODEL_PATH="${REF_MODEL_PATH:-}"    # e.g. ./models/your_base_model to add rewards
 DATASET_PATH="${DATASET_PATH:-./data/split/test.parquet}"  # held out (scripts/prepare_data.py)
 OUTPUT_DIR="${OUTPUT_DIR:-./outputs/dpo_analysis}"
-BETA="${BETA:-0.1}"
+BETA="${BETA:-}"                        # empty: the beta the model was trained with (its run record)
 MAX_TOKENS="${MAX_TOKENS:-1000}"
 MAX_LENGTH="${MAX_LENGTH:-20000}"
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"  # below MAX_LENGTH; empty: min(2048, MAX_LENGTH / 2)
@@ -35,7 +35,7 @@ optional=()
 
 launch "${REPO_ROOT}/analysis/analyze_dpo_model.py" \
     --model_path "${MODEL_PATH}" --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" \
-    --beta "${BETA}" --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
+    ${BETA:+--beta "${BETA}"} --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
     ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --scoring "${SCORING}" \
     ${SCORE_TOKENS:+--score_tokens "${SCORE_TOKENS}"} \
     ${PROBES:+--probes "${PROBES}"} ${PROBE_FIELDS:+--probe_fields "${PROBE_FIELDS}"} \

@@ -9,15 +9,14 @@ resume from one of them stops with a clear error instead of silently restarting 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from fwdrev.cli import UsageError
+from fwdrev.layout import step_checkpoints
 
 PRUNED_MARKER = "OPTIMIZER_STATE_PRUNED"
-CHECKPOINT_FOLDER = re.compile(r"^checkpoint-(\d+)$")
 # The Trainer's optimizer/scheduler/scaler files, and DeepSpeed's per-rank optimizer partitions.
 STATE_PATTERNS = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "global_step*/*optim_states.pt")
 
@@ -37,12 +36,7 @@ def prune_optimizer_state(checkpoint: Path) -> list[Path]:
 
 
 def older_checkpoints(output_dir: str | Path, newest_step: int) -> list[Path]:
-    folders = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = CHECKPOINT_FOLDER.match(path.name)
-        if match and path.is_dir() and int(match.group(1)) < newest_step:
-            folders.append(path)
-    return sorted(folders, key=lambda path: int(path.name.split("-")[1]))
+    return [path for path in step_checkpoints(output_dir) if int(path.name.split("-")[1]) < newest_step]
 
 
 class OptimizerStatePruning(TrainerCallback):

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from fwdrev.layout import EPOCH_CHECKPOINT as SFT_FOLDER
+from fwdrev.layout import EPOCH_CHECKPOINTS
+from fwdrev.layout import STEP_CHECKPOINT as DPO_FOLDER
 from fwdrev.modeling import is_adapter_dir, load_adapter, load_causal_lm
 
 STAGES = ("sft", "dpo")
-DPO_FOLDER = re.compile(r"^checkpoint-(\d+)$")
-SFT_FOLDER = re.compile(r"^(\d+)$")
 BASE_NAME = "base"
 
 
@@ -41,11 +42,15 @@ def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
     An SFT run folder (``scripts/sft.py``'s OUTPUT_DIR) stands for its ``checkpoints/`` folder;
     its ``checkpoint-<step>`` folders are only there to resume training.
     ``epochs`` keeps only those SFT epochs / DPO ordinals (missing ones are an error).
+    Every checkpoint must carry the run_id of the run folder's run_config.json (exit 2 naming
+    those of other runs: e.g. an earlier run's epochs left in the folder).
     """
+    from fwdrev.run_identity import check_same_run, run_config_of
+
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {checkpoint_dir}")
-    epoch_folders = checkpoint_dir / "checkpoints"
+    epoch_folders = checkpoint_dir / EPOCH_CHECKPOINTS
     if stage in ("sft", "auto") and epoch_folders.is_dir() and any(
             SFT_FOLDER.match(p.name) for p in epoch_folders.iterdir() if p.is_dir()):
         checkpoint_dir, stage = epoch_folders, "sft"
@@ -64,6 +69,9 @@ def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
                  for ordinal, (step, p) in enumerate(numbered["dpo"], start=1)]
     else:
         found = [Checkpoint(p.name, p, stage, epoch, None) for epoch, p in numbered["sft"]]
+    run_folder = checkpoint_dir.parent if checkpoint_dir.name == EPOCH_CHECKPOINTS else checkpoint_dir
+    check_same_run([c.path for c in found], (run_config_of(run_folder) or {}).get("run_id"), run_folder,
+                   "checkpoints")
     if epochs is not None:
         missing = sorted(set(epochs) - {c.epoch for c in found})
         if missing:

@@ -18,13 +18,14 @@ from transformers import TrainerCallback
 
 from fwdrev.data import DataValidationError, load_preference_data, read_table
 from fwdrev.io import write_table
+from fwdrev.layout import DYNAMICS
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE
 from fwdrev.scoring import sample_types_by_id, score_pairs
 from fwdrev.tokenization import TokenizedPair, encode_examples
 
 DYNAMICS_COLUMNS = ["step", "split", "example_id", "sample_type", "chosen_logp_mean",
                     "rejected_logp_mean", "delta_logp_mean", "chosen_logp_sum", "rejected_logp_sum"]
-DYNAMICS_FILE = "dynamics.csv"
+DYNAMICS_FILE = DYNAMICS  # OUTPUT_DIR/dynamics.csv
 
 
 class LogprobProbeCallback(TrainerCallback):

@@ -24,11 +24,9 @@ import torch.distributed as dist
 
 from fwdrev.fingerprint import file_sha256, key_digest, model_fingerprint
 from fwdrev.io import write_json, write_table
+from fwdrev.layout import REFERENCE_CACHE, REFERENCE_CACHE_KEY
 from fwdrev.tokenization import SCORING_RULES_VERSION, TokenizedPair
 from fwdrev.training import training_tokenizer_source
-
-REFERENCE_CACHE = "reference_logps.parquet"
-REFERENCE_CACHE_KEY = "reference_logps.json"
 
 
 class ReferenceMode(str, Enum):

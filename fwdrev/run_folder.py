@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from fwdrev.cli import UsageError
+from fwdrev.layout import EPOCH_CHECKPOINTS, MERGED, step_checkpoints
 
 logger = logging.getLogger(__name__)
 
-STEP_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 # Written once training has run (a run_config.json or data_report.json alone is not: those are
 # rewritten by a rerun before any step, and a run that failed before training loses nothing).
-TRAINED_OUTPUTS = ("adapter_config.json", "config.json", "trainer_state.json", "checkpoints", "merged")
+TRAINED_OUTPUTS = ("adapter_config.json", "config.json", "trainer_state.json", EPOCH_CHECKPOINTS, MERGED)
 
 
 def trained_outputs(output_dir: str | Path) -> list[str]:
@@ -21,8 +20,7 @@ def trained_outputs(output_dir: str | Path) -> list[str]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    checkpoints = sorted((p.name for p in folder.iterdir() if p.is_dir() and STEP_CHECKPOINT.match(p.name)),
-                         key=lambda name: int(name.split("-")[1]))
+    checkpoints = [p.name for p in step_checkpoints(folder)]
     return checkpoints + [name for name in TRAINED_OUTPUTS if (folder / name).exists()]
 
 

@@ -22,7 +22,7 @@ from fwdrev.data_arguments import add_data_flags
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, chunk_size_for_budget, scoring_logprobs
 from fwdrev.modeling import eval_mode
 from fwdrev.original_scoring import MIN_MAX_TOKENS, SCORINGS, encode_original_examples
-from fwdrev.splits import default_group_column
+from fwdrev.problems import group_column as default_group_column
 from fwdrev.tokenization import (
     ChosenRejected,
     LengthSettingsError,
@@ -155,14 +155,18 @@ def scores_table(scores: pd.DataFrame, sample_types: dict[int, str | None], chec
     return table[SCORE_COLUMNS + extra]
 
 
-def add_reward_columns(table: pd.DataFrame, reference_scores: pd.DataFrame, beta: float) -> pd.DataFrame:
-    """DPO implicit rewards beta * (log p_policy - log p_ref) of each side, and their margin."""
+def add_reward_columns(table: pd.DataFrame, reference_scores: pd.DataFrame, beta: float,
+                       loss_type: str = "sigmoid") -> pd.DataFrame:
+    """DPO implicit rewards beta * (log p_policy - log p_ref) of each side, and their margin; as
+    the trainer computes them: of length-averaged log-probs for IPO, of summed ones otherwise."""
     ref = reference_scores.set_index("example_id")
     table = table.copy()
     table["ref_chosen_logp_sum"] = table["example_id"].map(ref["chosen_logp_sum"])
     table["ref_rejected_logp_sum"] = table["example_id"].map(ref["rejected_logp_sum"])
-    table["chosen_reward"] = beta * (table["chosen_logp_sum"] - table["ref_chosen_logp_sum"])
-    table["rejected_reward"] = beta * (table["rejected_logp_sum"] - table["ref_rejected_logp_sum"])
+    stat = "logp_mean" if loss_type == "ipo" else "logp_sum"
+    for side in SIDES:
+        reference = table["example_id"].map(ref[f"{side}_{stat}"])
+        table[f"{side}_reward"] = beta * (table[f"{side}_{stat}"] - reference)
     table["reward_margin"] = table["chosen_reward"] - table["rejected_reward"]
     return table
 
@@ -331,7 +335,11 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                              "says which) instead of stopping; adds a boolean trained_on column.")
     parser.add_argument("--force_base_model", action="store_true",
                         help="Load LoRA adapters on --base_model even when it is not the base "
-                             "recorded in their adapter_config.json.")
+                             "recorded in their adapter_config.json, or its content is not the one "
+                             "recorded at training.")
+    parser.add_argument("--require_provenance", action="store_true",
+                        help="Stop (exit 2) when no training record says what the model was trained "
+                             "on (default: a warning, and no overlap check).")
 
 
 def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:

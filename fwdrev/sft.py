@@ -13,20 +13,19 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from fwdrev.data_arguments import DataArguments
+from fwdrev.layout import EPOCH_CHECKPOINTS, epoch_checkpoint_dir
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
+from fwdrev.run_identity import write_record
 from fwdrev.tokenization import TokenizedPair, pad_sequences, prompt_response_sequence
 from fwdrev.training import AutocastLossMixin
 
 logger = logging.getLogger(__name__)
-
-EPOCH_CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -103,12 +102,9 @@ class EpochCheckpointCallback(TrainerCallback):
             shutil.rmtree(partial)
         self.trainer.save_model(str(partial))
         if args.should_save:
+            write_record(args.output_dir, partial)  # which run this epoch is of, wherever it is copied
             if target.exists():  # an epoch retrained after a resume
                 shutil.rmtree(target)
             os.replace(partial, target)
             logger.info("epoch %d saved to %s", epoch, target)
         self.trainer.accelerator.wait_for_everyone()
-
-
-def epoch_checkpoint_dir(output_dir: str | Path, epoch: int) -> Path:
-    return Path(output_dir) / EPOCH_CHECKPOINTS / str(epoch)

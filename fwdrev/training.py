@@ -7,23 +7,20 @@ import csv
 import dataclasses
 import logging
 import os
-import random
 import shutil
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
-from fwdrev.checkpoint_pruning import check_resumable
 from fwdrev.cli import UsageError, note_process_group_left
 from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.io import atomic_path, write_json
+from fwdrev.layout import DATA_REPORT, MERGED, METRICS, RUN_CONFIG
 from fwdrev.modeling import (
     DEFAULT_LORA_TARGETS,
     add_lora,
@@ -36,7 +33,14 @@ from fwdrev.modeling import (
     zero3_init_disabled,
 )
 from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path, settle_batch_flags
-from fwdrev.splits import default_group_column
+from fwdrev.run_identity import (
+    RunRecordCallback,
+    adopt_unrecorded_checkpoints,
+    decide_run_id,
+    resolve_resume_checkpoint,
+    write_record,
+)
+from fwdrev.splits import row_groups, split_train_eval
 from fwdrev.tokenization import encode_examples
 
 logger = logging.getLogger(__name__)
@@ -60,8 +64,11 @@ class ModelArguments:
         default=False, metadata={"help": "After training, also save base + adapter merged (float32) in "
                                          "OUTPUT_DIR/merged."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train from scratch even if OUTPUT_DIR holds another run's "
-                                         "checkpoints or model (they are overwritten)."})
+        default=False, metadata={"help": "Train from scratch even if OUTPUT_DIR holds another run: its "
+                                         "checkpoints, models and logs are removed first."})
+    force_base_model: bool = field(
+        default=False, metadata={"help": "Continue --init_adapter on --model_name even when that is not "
+                                         "the model (content) the adapter was trained on."})
 
 
 def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | None = None,
@@ -176,43 +183,6 @@ def load_reference_model(model_args: ModelArguments, training_args):
     return model.requires_grad_(False).eval()
 
 
-def split_train_eval(items: list, eval_size: float, seed: int,
-                     groups: list | None = None) -> tuple[list, list]:
-    """Seeded hold-out of whole problems, ``eval_size`` rows (fraction < 1 or count >= 1).
-
-    ``groups`` holds each item's problem key: both rows of a problem (forward and reverse)
-    land on the same side. Problems are drawn in a seeded order until the hold-out has at
-    least ``eval_size`` rows; without groups every row is its own problem.
-    """
-    groups = list(range(len(items))) if groups is None else list(groups)
-    count = int(round(eval_size * len(items))) if eval_size < 1 else int(eval_size)
-    if count > len(items) // 2:
-        raise UsageError(f"--eval_size {eval_size:g} would hold out {count} of {len(items)} rows, leaving "
-                         "fewer to train on than to evaluate; lower --eval_size (0 = no evaluation)")
-    if count <= 0:
-        return list(items), []
-    order = list(dict.fromkeys(groups))
-    random.Random(seed).shuffle(order)
-    sizes = Counter(groups)
-    held_out, held_rows = set(), 0
-    for group in order:
-        if held_rows >= count:
-            break
-        if held_rows + sizes[group] < len(items):  # keep at least one training row
-            held_out.add(group)
-            held_rows += sizes[group]
-    train = [item for item, group in zip(items, groups) if group not in held_out]
-    return train, [item for item, group in zip(items, groups) if group in held_out]
-
-
-def problem_keys(frame, example_ids) -> list | None:
-    """The problem of each row (``fwdrev.splits.default_group_column``), None without that column."""
-    column = default_group_column(frame)
-    if column not in frame.columns:
-        return None
-    return [frame.at[example_id, column] for example_id in example_ids]
-
-
 def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, training_args,
                           tokenizer, with_rejected: bool = True):
     """Load, validate, tokenize and split the training file.
@@ -229,7 +199,7 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
                             data_args.max_prompt_length, data.report, include_rejected=with_rejected)
     train_items, eval_items = split_train_eval(
         items, data_args.eval_size, training_args.seed,
-        problem_keys(data.frame, [item.example_id for item in items]))
+        row_groups(data.frame, [item.example_id for item in items]))
     logger.info("%s\n  train rows: %d, eval rows: %d", data.report.summary(), len(train_items),
                 len(eval_items))
     return data, train_items, eval_items
@@ -244,20 +214,11 @@ def write_run_config_and_data_report(model_args: ModelArguments, data_args: Data
     from fwdrev.provenance import training_record  # what the analysis checks overlap against
 
     record = training_record(data, [p.example_id for p in train_items], [p.example_id for p in eval_items],
-                             model_args.model_name, model_args.init_adapter)
+                             model_args.model_name, model_args.init_adapter,
+                             run_id=getattr(training_args, "run_id", None),  # set by start_run
+                             stage=getattr(training_args, "run_stage", None))
     save_run_config(training_args.output_dir, model_args, data_args, training_args, records=record)
-    data.report.save_json(os.path.join(training_args.output_dir, "data_report.json"))
-
-
-def resolve_resume_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """'latest' -> the newest checkpoint-* in output_dir (None if there is none yet)."""
-    if not value:
-        return None
-    if value == "latest":
-        return check_resumable(get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None)
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"--resume_from_checkpoint: no such folder {value}")
-    return check_resumable(value)  # not one whose optimizer state was pruned
+    data.report.save_json(os.path.join(training_args.output_dir, DATA_REPORT))
 
 
 def save_run_config(output_dir: str, *argument_groups, records: dict | None = None) -> None:
@@ -267,7 +228,7 @@ def save_run_config(output_dir: str, *argument_groups, records: dict | None = No
         values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
         config[type(group).__name__] = values
     config.update(records or {})
-    write_json(Path(output_dir) / "run_config.json", config)
+    write_json(Path(output_dir) / RUN_CONFIG, config)
 
 
 class MetricsCSVCallback(TrainerCallback):
@@ -282,7 +243,7 @@ class MetricsCSVCallback(TrainerCallback):
             return
         rows = [entry for entry in state.log_history if "step" in entry]
         columns = ["step"] + sorted({key for row in rows for key in row} - {"step"})
-        with atomic_path(Path(args.output_dir) / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+        with atomic_path(Path(args.output_dir) / METRICS) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
@@ -319,7 +280,7 @@ def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:
 def merge_final_model(model_args: ModelArguments, output_dir: str, tokenizer) -> None:
     """With --merge_weights and an adapter: OUTPUT_DIR/merged = base + the saved adapter."""
     if model_args.merge_weights and (model_args.use_lora or model_args.init_adapter):
-        merge_adapter_into_base(model_args, output_dir, os.path.join(output_dir, "merged"), tokenizer)
+        merge_adapter_into_base(model_args, output_dir, os.path.join(output_dir, MERGED), tokenizer)
 
 
 def merge_adapter_into_base(model_args: ModelArguments, adapter_dir: str, merged_dir: str, tokenizer,
@@ -339,6 +300,7 @@ def merge_adapter_into_base(model_args: ModelArguments, adapter_dir: str, merged
         shutil.rmtree(leftover, ignore_errors=True)
     merged.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    write_record(adapter_dir, partial)  # a copied merged/ still says which run made it
     if target.exists():  # a merge from an earlier run of this folder
         os.replace(target, replaced)
     os.replace(partial, target)
@@ -359,8 +321,10 @@ def load_training_tokenizer(model_args: ModelArguments):
 
 
 def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe: str):
-    """What every training script does first: parse (recipe + flags), log, check, load the
+    """What every training script does first: parse (recipe + flags), log, check, decide the
+    run's identity (``fwdrev.run_identity``: ``args.run_id``, ``args.run_stage``), load the
     tokenizer. Returns (model_args, data_args, training_args, tokenizer)."""
+    from fwdrev.provenance import resolve_adapter_base
     from fwdrev.run_folder import check_output_dir
 
     model_args, data_args, args = parse_arguments(dataclass_types, defaults, argv, stage=stage,
@@ -368,6 +332,11 @@ def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe:
     setup_logging(args)
     check_attention_precision(model_args, args)
     check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
+    if model_args.init_adapter:  # continued on the model (content) it was trained on, or exit 2
+        resolve_adapter_base(model_args.init_adapter, model_args.model_name, model_args.force_base_model,
+                             "--model_name")
+    args.run_id = decide_run_id(args, model_args.overwrite_output_dir)
+    args.run_stage = stage
     return model_args, data_args, args, load_training_tokenizer(model_args)
 
 
@@ -388,12 +357,16 @@ def train_and_save(trainer, model_args, tokenizer) -> None:
     from fwdrev.run_folder import run_is_complete
 
     args = trainer.args
-    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir,
+                                            getattr(args, "run_id", None))
     if run_is_complete(trainer, resume_from):
         finish_distributed(trainer)
         return
     if resume_from:
         logger.info("resuming from %s", resume_from)
+        if args.process_index == 0:
+            adopt_unrecorded_checkpoints(args.output_dir)
+    trainer.add_callback(RunRecordCallback())  # every checkpoint-<step>/ says which run wrote it
     trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, model_args, tokenizer)
     logger.info("done: %s", args.output_dir)

@@ -115,14 +115,19 @@ def test_training_run_records_file_hash_rows_and_problems(world, tiny_model_dir,
     assert record["DataArguments"]["train_file_path"] == str(world / "all.parquet")  # the arguments stay
     data_record = record["training_data"]
     assert data_record["sha256"] == file_sha256(world / "all.parquet")
-    assert data_record["problem_column"] == "problem_id"
     train_ids, eval_ids = data_record["train_example_ids"], data_record["eval_example_ids"]
     assert len(eval_ids) == 2 and not set(train_ids) & set(eval_ids)
     assert sorted(train_ids + eval_ids) == list(range(PROBLEMS))  # the original rows
     assert sorted(train_ids) == sorted(p.example_id for p in train)
     problem_ids = pd.read_parquet(world / "all.parquet")["problem_id"]
-    assert data_record["train_problem_keys"] == sorted(str(problem_ids[i]) for i in train_ids)
-    assert data_record["eval_problem_keys"] == sorted(str(problem_ids[i]) for i in eval_ids)
+
+    def ids_of(keys):
+        return sorted(int(k.split(":")[1]) for k in keys if k.startswith("problem_id:"))
+
+    assert ids_of(data_record["train_problem_keys"]) == sorted(problem_ids[i] for i in train_ids)
+    assert ids_of(data_record["eval_problem_keys"]) == sorted(problem_ids[i] for i in eval_ids)
+    kinds = {k.split(":")[0] for k in data_record["train_problem_keys"]}
+    assert kinds == {"problem_id", "forward", "reverse", "response"}
     assert record["base_model"]["fingerprint"] == model_fingerprint(tiny_model_dir)
 
 
@@ -184,7 +189,7 @@ def scores_of(model_path, data_path, out, *extra) -> pd.DataFrame:
 def test_adapter_loads_on_its_recorded_base_and_refuses_another(world, tiny_model_dir, tmp_path):
     adapter = world / "sft_run" / "checkpoints" / "1"
     test_data = world / "test.parquet"
-    with pytest.raises(UsageError, match="is not the base model of the adapter"):
+    with pytest.raises(UsageError, match="is not the base model of"):
         scores_of(adapter, test_data, tmp_path / "wrong", "--base_model", str(world / "other_base"))
     default = scores_of(adapter, test_data, tmp_path / "default")
     explicit = scores_of(adapter, test_data, tmp_path / "explicit", "--base_model", str(tiny_model_dir))

@@ -67,11 +67,12 @@ def test_gpu_recipe_in_order_trains_on_train_and_scores_held_out_problems(tmp_pa
         MAX_TOKENS=8))
     assert "were in the training data" not in result.stderr and "cannot check" not in result.stdout
 
-    test_problems = set(pd.read_parquet(data / "split" / "test.parquet")["problem_id"].astype(str))
+    test_problems = {f"problem_id:{i}" for i in pd.read_parquet(data / "split" / "test.parquet")["problem_id"]}
     for run_dir in ("sft_m", "dpo_m"):
         record = json.loads((outputs / run_dir / "run_config.json").read_text())["training_data"]
         assert record["file_resolved"] == str(data / "split" / "train.parquet")
-        assert len(record["train_problem_keys"]) == 8 and not set(record["train_problem_keys"]) & test_problems
+        trained_ids = {k for k in record["train_problem_keys"] if k.startswith("problem_id:")}
+        assert len(trained_ids) == 8 and not trained_ids & test_problems
     adapter_config = json.loads((outputs / "dpo_m" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(outputs / "sft_m")
     scores = pd.read_parquet(outputs / "analysis" / "dpo_model" / "scores.parquet")
