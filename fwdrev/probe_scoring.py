@@ -29,7 +29,8 @@ from fwdrev.data import load_preference_data
 from fwdrev.fingerprint import file_sha256, key_digest
 from fwdrev.greedy_probe import GREEDY_FILE, cached_greedy, greedy_budget, greedy_key
 from fwdrev.modeling import load_for_scoring
-from fwdrev.provenance import problem_column, problem_keys, training_records
+from fwdrev.problems import problem_keys
+from fwdrev.provenance import training_records
 from fwdrev.response_probes import SCORED_RESPONSES, TrainRows, parse_probe_kinds, probe_pairs, probe_responses
 from fwdrev.scoring import score_pairs
 from fwdrev.sharding import by_example_id, gather_table, read_key, write_parquet
@@ -295,6 +296,5 @@ def train_rows(args, tokenizer, model_paths) -> TrainRows | None:
     responses = {e.example_id: e.chosen for e in data.examples if keep is None or e.example_id in keep}
     if not responses:
         raise UsageError(f"irr_train: no usable training rows in {path}")
-    column = problem_column(data.frame)
-    return TrainRows(responses, problem_keys(data, list(responses), column),
+    return TrainRows(responses, problem_keys(data, list(responses)),
                      f"{os.path.abspath(path)} sha256:{file_sha256(path)[:16]} rows:{len(responses)}")

@@ -11,7 +11,7 @@ text probes of one example (all built offline and deterministically from ``seed`
 * ``self_greedy``: the starting model's own greedy response (``fwdrev.probe_scoring``);
 * user columns (``--probe_fields``): any other response column of the data file.
 
-"Another problem" is another problem key (``fwdrev.provenance.problem_column``: problem_id, else
+"Another problem" is another problem key (``fwdrev.problems.problem_keys``: problem_id, else
 the forward question), so a problem's original and flipped rows never serve as each other's
 irrelevant response. The ``argmax`` probes come from the y+ / y- forward itself
 (``fwdrev.token_dynamics``).
@@ -26,7 +26,7 @@ import numpy as np
 
 from fwdrev.cli import UsageError
 from fwdrev.data import IM_END, split_embedded, strip_after_final_im_end
-from fwdrev.provenance import problem_column, problem_keys
+from fwdrev.problems import problem_keys
 from fwdrev.tokenization import TokenizedPair, encode_response, truncate_response
 
 TEXT_PROBES = ("irr_train", "irr_test", "permuted", "permuted_irr", "self_greedy")
@@ -47,7 +47,7 @@ class TrainRows:
     """The training split's y+ responses and problem keys (for ``irr_train``)."""
 
     responses: dict[int, str]
-    keys: dict[int, str]
+    keys: dict[int, frozenset[str]]  # fwdrev.problems.problem_keys
     source: str  # where they come from, for messages
 
 
@@ -77,18 +77,18 @@ def permute_words(text: str, rng: np.random.Generator) -> str:
     return " ".join(words[i] for i in order) + ending
 
 
-def pick_other_problem(example_id: int, key: str, candidates: list[int], candidate_keys: dict[int, str],
-                       rng: np.random.Generator) -> int:
-    """A candidate row of another problem than ``key``."""
-    others = [c for c in candidates if candidate_keys[c] != key and c != example_id]
+def pick_other_problem(example_id: int, keys: frozenset[str], candidates: list[int],
+                       candidate_keys: dict[int, frozenset[str]], rng: np.random.Generator) -> int:
+    """A candidate row of another problem: one that shares none of ``keys`` (``fwdrev.problems``)."""
+    others = [c for c in candidates if candidate_keys[c].isdisjoint(keys) and c != example_id]
     if not others:
         raise UsageError(f"no row of another problem to serve as the irrelevant response of example "
                          f"{example_id}: the data holds one problem only")
     return int(others[rng.integers(len(others))])
 
 
-def scored_problem_keys(data) -> dict[int, str]:
-    return problem_keys(data, [e.example_id for e in data.examples], problem_column(data.frame))
+def scored_problem_keys(data) -> dict[int, frozenset[str]]:
+    return problem_keys(data, [e.example_id for e in data.examples])
 
 
 def field_response(value) -> str | None:
