@@ -114,7 +114,7 @@ def test_resume_rescores_only_missing_parts_and_never_regenerates(probed, series
     def no_generation(*args, **kwargs):
         raise AssertionError("self_greedy regenerated on resume")
 
-    monkeypatch.setattr(fwdrev.greedy_probe, "generate_greedy_outputs", no_generation)
+    monkeypatch.setattr(fwdrev.greedy_probe, "HFBackend", no_generation)
     capsys.readouterr()
     analyze_training_dynamics.main(dynamics_args(series, tiny_model_dir, probed))
     out = capsys.readouterr().out
@@ -231,7 +231,7 @@ def test_irr_train_rows_from_the_training_record(series, tiny_model_dir, tmp_pat
                            flipped_prompt_field="relevant-question")
     rows = train_rows(args, tokenizer, [run])
     assert sorted(rows.responses) == [0, 1, 2, 3]  # the train rows, not the eval rows
-    assert rows.keys[0] == str(pd.read_parquet(train_file)["problem_id"][0])
+    assert f"problem_id:{pd.read_parquet(train_file)['problem_id'][0]}" in rows.keys[0]  # fwdrev.problems
     assert train_rows(args, tokenizer, [tmp_path / "nothing"]) is None
     generate_preference_rows(6, seed=9).to_parquet(train_file)  # changed since training
     with pytest.raises(UsageError, match="--probe_train_file"):
