@@ -31,7 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from fwdrev.checkpoints import CheckpointModels, base_checkpoint, discover_checkpoints, parse_epochs, series_base_model
-from fwdrev.cli import UsageError, run_cli
+from fwdrev.cli import run_cli
+from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
@@ -111,7 +112,7 @@ def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
         saved.setdefault("scoring", "response")  # the only scoring before --scoring existed
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if changed:
-            raise SystemExit(f"error: {output_dir} holds results scored with other settings "
+            raise UsageError(f"{output_dir} holds results scored with other settings "
                              f"(saved, now): {changed}; use another --output_dir")
     elif is_main:
         write_json(path, settings)

@@ -23,11 +23,11 @@ from fwdrev.checkpoint_pruning import OptimizerStatePruning
 from fwdrev.cli import run_cli
 from fwdrev.data_arguments import DataArguments
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.reference import ReferenceMode, reference_cache_key
 from fwdrev.tokenization import PairDataset
 from fwdrev.training import (
     MetricsCSVCallback,
-    ModelArguments,
     load_policy,
     load_reference_model,
     prepare_run_data,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
 PRUNED_MARKER = "OPTIMIZER_STATE_PRUNED"
 CHECKPOINT_FOLDER = re.compile(r"^checkpoint-(\d+)$")

@@ -8,15 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from fwdrev.data import DataValidationError
-from fwdrev.tokenization import LengthSettingsError
-
-
-class UsageError(Exception):
-    """A run that cannot go on as asked; the message says what to do instead."""
-
-
-USAGE_ERRORS = (DataValidationError, LengthSettingsError, UsageError)
+from fwdrev.errors import USAGE_ERRORS, UsageError
 
 _left_process_group = False  # set by fwdrev.training.finish_distributed
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.modeling import adapter_base_model, is_adapter_dir
 

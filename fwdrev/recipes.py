@@ -20,7 +20,7 @@ import yaml
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainingArguments
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 LR_SCHEDULES = ("trainer", "deepspeed_warmup_decay")

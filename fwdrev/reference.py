@@ -23,9 +23,9 @@ import torch.distributed as dist
 
 from fwdrev.fingerprint import file_sha256, key_digest, model_fingerprint
 from fwdrev.io import write_json, write_table
+from fwdrev.model_arguments import training_tokenizer_source
 from fwdrev.modeling import default_dtype
 from fwdrev.tokenization import TokenizedPair
-from fwdrev.training import training_tokenizer_source
 
 REFERENCE_CACHE = "reference_logps.parquet"
 REFERENCE_CACHE_KEY = "reference_logps.json"

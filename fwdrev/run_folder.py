@@ -6,7 +6,7 @@ import logging
 import re
 from pathlib import Path
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from fwdrev.autocast import AutocastLossMixin
 from fwdrev.data_arguments import DataArguments
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.tokenization import TokenizedPair, pad_sequences, prompt_response_sequence
-from fwdrev.training import AutocastLossMixin
 
 logger = logging.getLogger(__name__)
 

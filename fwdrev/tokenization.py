@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from fwdrev.data import DataReport, PreferenceExample
+from fwdrev.errors import LengthSettingsError
 
 IGNORE_INDEX = -100
 
@@ -39,10 +40,6 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return self.pairs[index]
-
-
-class LengthSettingsError(ValueError):
-    """--max_length / --max_prompt_length that cannot work together."""
 
 
 def default_max_prompt_length(max_length: int) -> int:

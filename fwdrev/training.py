@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import logging
@@ -11,7 +10,6 @@ import random
 import shutil
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,13 +17,14 @@ from transformers import HfArgumentParser, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from fwdrev.checkpoint_pruning import check_resumable
-from fwdrev.cli import UsageError, note_process_group_left
+from fwdrev.cli import note_process_group_left
 from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.deepspeed_ops import check_deepspeed_ops
+from fwdrev.errors import UsageError
 from fwdrev.io import atomic_path, write_json
+from fwdrev.model_arguments import ModelArguments, training_tokenizer_source
 from fwdrev.modeling import (
-    DEFAULT_LORA_TARGETS,
     add_lora,
     default_dtype,
     load_adapter,
@@ -40,28 +39,6 @@ from fwdrev.splits import default_group_column
 from fwdrev.tokenization import encode_examples
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelArguments:
-    model_name: str = field(metadata={"help": "Base model: a local folder or hub name."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the model folder."})
-    use_flash_attention: bool = field(
-        default=False, metadata={"help": "flash_attention_2 if flash-attn and CUDA are present, else SDPA."})
-    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (--no_use_lora: full fine-tuning)."})
-    lora_r: int = field(default=256, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=512, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default=DEFAULT_LORA_TARGETS, metadata={"help": "Comma-separated module names, or 'all-linear'."})
-    init_adapter: str | None = field(
-        default=None, metadata={"help": "Continue training this saved LoRA adapter (e.g. an SFT checkpoint)."})
-    merge_weights: bool = field(
-        default=False, metadata={"help": "After training, also save base + adapter merged (float32) in "
-                                         "OUTPUT_DIR/merged."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train from scratch even if OUTPUT_DIR holds another run's "
-                                         "checkpoints or model (they are overwritten)."})
 
 
 def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | None = None,
@@ -153,20 +130,6 @@ def load_policy(model_args: ModelArguments, training_args):
                                   model_args.lora_target_modules)
         return add_lora(model, config, training_args.seed, fp32_adapter=fp32_adapter)
     return model
-
-
-class AutocastLossMixin:
-    """Compute the whole loss and evaluation under the run's bf16/fp16 autocast (no DeepSpeed).
-
-    Accelerate autocasts only the model's forward and returns its outputs in float32; our loss
-    applies the output head to those hidden states itself, where a bf16 head would meet float32
-    inputs ("expected m1 and m2 to have the same dtype"). Put before ``Trainer`` in the bases.
-    """
-
-    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
-        if self.accelerator.native_amp:  # False under DeepSpeed, which casts by itself
-            return self.accelerator.autocast()
-        return contextlib.nullcontext()
 
 
 def load_reference_model(model_args: ModelArguments, training_args):
@@ -350,13 +313,6 @@ def merge_adapter_into_base(model_args: ModelArguments, adapter_dir: str, merged
     os.replace(partial, target)
     shutil.rmtree(replaced, ignore_errors=True)
     logger.info("merged model (%s) saved to %s", str(dtype).removeprefix("torch."), target)
-
-
-def training_tokenizer_source(model_args: ModelArguments) -> str:
-    """The folder of the training tokenizer: the one saved with ``init_adapter`` if any, else the base model's."""
-    if model_args.init_adapter and Path(model_args.init_adapter, "tokenizer_config.json").is_file():
-        return model_args.init_adapter
-    return model_args.model_name
 
 
 def load_training_tokenizer(model_args: ModelArguments):

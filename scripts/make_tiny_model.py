@@ -17,7 +17,8 @@ import argparse
 
 import pandas as pd
 
-from fwdrev.cli import UsageError, run_cli
+from fwdrev.cli import run_cli
+from fwdrev.errors import UsageError
 from fwdrev.qwen_tokenizer import QwenRanksError
 from fwdrev.tiny_model import DEFAULT_SIZES, QWEN25_SIZES, build_and_save, build_and_save_qwen25
 

@@ -24,11 +24,11 @@ data_report.json, and merged/ with --merge_weights.
 """
 
 from fwdrev.cli import run_cli
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.sft import EpochCheckpointCallback, SFTArguments, SFTCollator, SFTDataArguments, SFTTrainer
 from fwdrev.tokenization import PairDataset
 from fwdrev.training import (
     MetricsCSVCallback,
-    ModelArguments,
     load_policy,
     prepare_run_data,
     start_run,

@@ -13,6 +13,7 @@ import torch
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.checkpoints import discover_checkpoints
+from fwdrev.errors import UsageError
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
 from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS
 from fwdrev.synthetic import generate_preference_rows
@@ -298,7 +299,7 @@ def test_dynamics_resume_scores_only_the_missing_checkpoints(sft_dynamics, runs,
     dynamics(runs, tiny_model_dir, tmp_path, "--include_base")  # nothing left to do
     assert_mentions(capsys.readouterr().out, "4 of 4", "[]")
     assert len(pd.read_parquet(tmp_path / "all.parquet")) == 4 * NUM_ROWS
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(UsageError, match="other settings"):
         dynamics(runs, tiny_model_dir, tmp_path, "--max_tokens", "3")
 
 

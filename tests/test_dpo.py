@@ -16,9 +16,10 @@ from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.dpo_trainer import DPOArguments
 from fwdrev.logprobs import sequence_logprobs
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.tokenization import collate_pairs, encode_examples
-from fwdrev.training import ModelArguments, parse_arguments
+from fwdrev.training import parse_arguments
 
 SCRIPT = str(REPO_ROOT / "dpo" / "combined_dpo.py")
 SAMPLE = str(REPO_ROOT / "data-100samples.parquet")

@@ -455,7 +455,7 @@ def test_visualize_cli_writes_a_figure_per_table_and_dynamics(tmp_path):
 
 def test_visualize_cli_fails_clearly_on_an_empty_folder(tmp_path):
     proc = _run(DYN_SCRIPT, "--results_dir", tmp_path)
-    assert proc.returncode == 1 and "no analysis tables" in proc.stderr
+    assert proc.returncode == 2 and "no analysis tables" in proc.stderr
 
 
 def test_table_without_delta_or_peak_columns_still_plots():

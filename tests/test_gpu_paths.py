@@ -148,7 +148,7 @@ def test_offload_config_checks_cpu_adam_first(monkeypatch):
     from types import SimpleNamespace
 
     from fwdrev import deepspeed_ops
-    from fwdrev.cli import UsageError
+    from fwdrev.errors import UsageError
 
     monkeypatch.setattr(deepspeed_ops, "cpu_adam_problem", lambda: "no C++ compiler (c++) is on PATH")
     deepspeed_ops.check_deepspeed_ops(SimpleNamespace(deepspeed=str(REPO_ROOT / "configs" / "ds_config_zero3.json")))
@@ -242,7 +242,7 @@ def test_pruning_keeps_weights_everywhere_and_optimizer_state_in_the_newest(tmp_
 
 def test_resuming_from_a_pruned_checkpoint_stops(tmp_path):
     from fwdrev.checkpoint_pruning import prune_optimizer_state
-    from fwdrev.cli import UsageError
+    from fwdrev.errors import UsageError
     from fwdrev.training import resolve_resume_checkpoint
 
     prune_optimizer_state(fake_checkpoint(tmp_path, 2))

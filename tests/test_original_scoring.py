@@ -11,6 +11,7 @@ import torch
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.data import DataValidationError
+from fwdrev.errors import UsageError
 from fwdrev.modeling import load_for_scoring
 from fwdrev.scoring import SCORE_COLUMNS, add_scoring_arguments, load_scoring_pairs, parse_scoring_args, score_pairs
 
@@ -118,14 +119,14 @@ def test_training_dynamics_refuses_to_resume_with_another_scoring(tiny_model_dir
     (tmp_path / "out").mkdir()
     dynamics.check_settings(dynamics.parse_args(flags), "sft", tmp_path / "out", is_main=True)
     assert json.loads((tmp_path / "out" / "scoring_settings.json").read_text())["scoring"] == "response"
-    with pytest.raises(SystemExit, match="'scoring': \\('response', 'original'\\)"):
+    with pytest.raises(UsageError, match="'scoring': \\('response', 'original'\\)"):
         dynamics.check_settings(dynamics.parse_args(flags + ["--scoring", "original"]), "sft",
                                 tmp_path / "out", is_main=True)
     # a run from before --scoring existed was scored with 'response': it resumes as such
     settings = tmp_path / "out" / "scoring_settings.json"
     settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "scoring"}))
     dynamics.check_settings(dynamics.parse_args(flags), "sft", tmp_path / "out", is_main=True)
-    with pytest.raises(SystemExit, match="'scoring': \\('response', 'original'\\)"):
+    with pytest.raises(UsageError, match="'scoring': \\('response', 'original'\\)"):
         dynamics.check_settings(dynamics.parse_args(flags + ["--scoring", "original"]), "sft",
                                 tmp_path / "out", is_main=True)
     old_columns = [c for c in SCORE_COLUMNS if c != "scoring"]
@@ -158,6 +159,5 @@ def test_paper_figure_refuses_to_mix_scorings(tmp_path):
     pd.DataFrame({"chosen_logp_mean": [0.0]}).to_csv(tmp_path / "results" / "m" / "dpo" / "all.csv", index=False)
     scorings = plot.input_scorings(plot.parse_args(["--results_dir", str(tmp_path / "results")]))
     assert scorings == {str(folder / "all.csv"): {"original"}, str(tmp_path / "results/m/dpo/all.csv"): {"response"}}
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(UsageError, match="--allow_mixed_scoring"):  # run_cli: exit 2
         plot.check_scorings(scorings, allow_mixed=False)
-    assert stop.value.code == 2

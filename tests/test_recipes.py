@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.recipes import (
     RECIPES_DIR,
     accumulation_steps,
@@ -72,7 +72,8 @@ def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
 def _parse_dpo(argv, monkeypatch, world_size=1):
     from fwdrev.data_arguments import DataArguments
     from fwdrev.dpo_trainer import DPOArguments
-    from fwdrev.training import ModelArguments, parse_arguments
+    from fwdrev.model_arguments import ModelArguments
+    from fwdrev.training import parse_arguments
 
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     base = ["--model_name", "m", "--train_file_path", "d.parquet", "--output_dir", "o"]
@@ -99,8 +100,9 @@ def test_presets_resolve_to_the_documented_values_and_flags_override_them(monkey
 
 
 def test_every_shipped_recipe_loads_with_its_script(monkeypatch):
+    from fwdrev.model_arguments import ModelArguments
     from fwdrev.sft import SFTArguments, SFTDataArguments
-    from fwdrev.training import ModelArguments, parse_arguments
+    from fwdrev.training import parse_arguments
 
     for path in sorted((RECIPES_DIR / "dpo").glob("*.yaml")):
         _parse_dpo(["--config", str(path)], monkeypatch)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import REPO_ROOT, assert_mentions, free_port, load_script
 
-from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
+from fwdrev.errors import UsageError
 from fwdrev.logprobs import sequence_logprobs
 from fwdrev.modeling import load_causal_lm, load_tokenizer
 from fwdrev.reference import (

@@ -12,11 +12,12 @@ from helpers import REPO_ROOT, assert_mentions, load_script, run_command, script
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.cli import run_cli
 from fwdrev.data import ASSISTANT_HEADER, DataValidationError, load_preference_data, render_prompt
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.modeling import load_for_scoring, load_tokenizer
 from fwdrev.scoring import score_pairs
 from fwdrev.sft import SFTArguments, SFTCollator, SFTDataArguments
 from fwdrev.tokenization import IGNORE_INDEX, encode_examples
-from fwdrev.training import ModelArguments, parse_arguments
+from fwdrev.training import parse_arguments
 
 SCRIPT = str(REPO_ROOT / "scripts" / "sft.py")
 SAMPLE = REPO_ROOT / "data-100samples.parquet"

@@ -10,12 +10,13 @@ import torch
 from helpers import REPO_ROOT, run_command, training_command
 from safetensors.torch import load_file
 
-from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
+from fwdrev.errors import UsageError
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.modeling import load_for_scoring, load_tokenizer, pick_attn_implementation
 from fwdrev.scoring import score_pairs
 from fwdrev.tokenization import encode_examples
-from fwdrev.training import ModelArguments, check_attention_precision, load_policy
+from fwdrev.training import check_attention_precision, load_policy
 
 SAMPLE = str(REPO_ROOT / "data-100samples.parquet")
 # the paper's DPO learning rate: its updates are far below bf16's resolution of the weights

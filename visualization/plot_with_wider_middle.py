@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fwdrev import figures, result_tables  # noqa: E402
+from fwdrev.cli import run_cli  # noqa: E402
+from fwdrev.errors import UsageError  # noqa: E402
 from fwdrev.paper_figure import plot_paper_figure  # noqa: E402
 
 CAPTION = (
@@ -133,10 +135,8 @@ def check_scorings(scorings: dict[str, set[str]], allow_mixed: bool) -> str | No
     every = sorted(set().union(*scorings.values()))
     if len(every) > 1 and not allow_mixed:
         listing = "; ".join(f"{source}: {', '.join(sorted(values))}" for source, values in scorings.items())
-        print(f"error: the inputs mix log-prob scorings ({listing}); values of different scorings "
-              "are not comparable: rescore with one --scoring, or pass --allow_mixed_scoring",
-              file=sys.stderr)
-        raise SystemExit(2)
+        raise UsageError(f"the inputs mix log-prob scorings ({listing}); values of different scorings "
+                         "are not comparable: rescore with one --scoring, or pass --allow_mixed_scoring")
     return "+".join(every) or None
 
 
@@ -148,9 +148,9 @@ def main(argv=None) -> list:
     try:
         series = load_series(args)
     except ValueError as err:  # e.g. --ci on tables without a problem key
-        sys.exit(f"error: {err}")
+        raise UsageError(str(err)) from None
     if series.empty:
-        sys.exit("no values to plot (check the input and --subset)")
+        raise UsageError("no values to plot (check the input and --subset)")
     with figures.paper_style(usetex=args.usetex):
         try:
             result = plot_paper_figure(
@@ -159,7 +159,7 @@ def main(argv=None) -> list:
                 colors=args.colors, markers=args.markers, ci=args.ci,
             )
         except ValueError as err:  # e.g. a focus outside --ylim_c, an unknown colour
-            sys.exit(f"error: {err}")
+            raise UsageError(str(err)) from None
         paths = figures.save_figure(result.fig, args.output_stem, dpi=args.dpi)
     plt.close(result.fig)
     caption = (CAPTION + (CI_CAPTION if args.ci else "") + (DERIVED_CAPTION if result.settings.get("derived") else "")
@@ -175,4 +175,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
