@@ -10,7 +10,7 @@ Checkpoints: ``CHECKPOINT_DIR/<epoch>`` (SFT) or ``CHECKPOINT_DIR/checkpoint-<st
 loaded once, adapters are swapped) or a full model.
 
 Outputs in OUTPUT_DIR: all / first50 / last50 (.parquet and .csv; one row per checkpoint and
-example, columns ``fwdrev.scoring.SCORE_COLUMNS`` with the --scoring used, and ``group_id``,
+example, columns ``fwdrev.score_summaries.SCORE_COLUMNS`` with the --scoring used, and ``group_id``,
 the problem of the row), summary.csv (per checkpoint and subset),
 data_report.json, scoring_settings.json and parts/<checkpoint>.part (one finished checkpoint
 each). Rerunning skips the checkpoints already scored, so an interrupted run resumes. Each part
@@ -37,23 +37,17 @@ from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
 from fwdrev.provenance import RUN_CONFIG, run_folder_of, train_overlap
-from fwdrev.scoring import (
+from fwdrev.score_summaries import (
     META_COLUMNS,
     add_group_argument,
     add_group_ids,
-    add_scoring_arguments,
     checkpoint_summary,
-    load_scoring_pairs,
-    pair_length,
-    parse_scoring_args,
     problem_group_ids,
-    sample_types_by_id,
-    score_pairs,
     scores_table,
-    scoring_chunk_size,
-    scoring_dtype,
     subset_frames,
 )
+from fwdrev.scoring import pair_length, sample_types_by_id, score_pairs, scoring_chunk_size, scoring_dtype
+from fwdrev.scoring_cli import add_scoring_arguments, load_scoring_pairs, parse_scoring_args
 from fwdrev.sharding import by_example_id, current_shard, gather_table, read_key, write_parquet
 
 TABLE_SUBSETS = ("all", "first50", "last50")

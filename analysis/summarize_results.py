@@ -21,7 +21,7 @@ from fwdrev.data import read_table
 from fwdrev.errors import UsageError
 from fwdrev.io import write_table
 from fwdrev.result_tables import summary_table
-from fwdrev.scoring import add_group_argument, problem_group_ids
+from fwdrev.score_summaries import add_group_argument, problem_group_ids
 
 NAMES = {"f": "D_f", "r": "D_r", "m": "D_m"}
 

@@ -15,7 +15,7 @@ from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.errors import UsageError
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
-from fwdrev.scoring import REWARD_COLUMNS, SCORE_COLUMNS
+from fwdrev.score_summaries import REWARD_COLUMNS, SCORE_COLUMNS
 from fwdrev.synthetic import generate_preference_rows
 
 NUM_ROWS = 12

@@ -13,7 +13,9 @@ from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 from fwdrev.data import DataValidationError
 from fwdrev.errors import UsageError
 from fwdrev.modeling import load_for_scoring
-from fwdrev.scoring import SCORE_COLUMNS, add_scoring_arguments, load_scoring_pairs, parse_scoring_args, score_pairs
+from fwdrev.score_summaries import SCORE_COLUMNS
+from fwdrev.scoring import score_pairs
+from fwdrev.scoring_cli import add_scoring_arguments, load_scoring_pairs, parse_scoring_args
 
 SAMPLE_ROWS = [0, 1, 50, 51]  # two 'original' and two 'flipped' rows of the real sample
 TOLERANCE = 1e-5

@@ -27,7 +27,7 @@ from matplotlib.colors import CenteredNorm  # noqa: E402
 from fwdrev import dynamics_tables, figures, result_tables  # noqa: E402
 from fwdrev.cli import run_cli  # noqa: E402
 from fwdrev.errors import UsageError  # noqa: E402
-from fwdrev.scoring import GROUP_COLUMN  # noqa: E402
+from fwdrev.score_summaries import GROUP_COLUMN  # noqa: E402
 
 SIDE_COLORS = {"chosen": "#1f5fa8", "rejected": "#c0392b"}
 SIDE_LABELS = {"chosen": "$y^+$", "rejected": "$y^-$"}
