@@ -31,7 +31,6 @@ TIDY_COLUMNS = ["train_set", "test_set", "stage", "epoch", "series", "value"]
 CI_COLUMNS = ["ci_low", "ci_high"]
 STAGES = ("sft", "dpo")
 SERIES = ("y+", "y-", "delta")
-PAPER_CSV = Path(__file__).resolve().parents[1] / "visualization" / "paper_figure_values.csv"
 PAPER_CITATION = (
     "Deng et al., When Inverse Data Outperforms: Exploring the Pitfalls of Mixed Data "
     "in Multi-Stage Fine-Tuning, arXiv:2509.13079"
@@ -79,8 +78,9 @@ def read_series_csv(path) -> pd.DataFrame:
     return validate_series(pd.read_csv(path))
 
 
-def load_paper_values(path=PAPER_CSV) -> pd.DataFrame:
-    """The published values of the paper's figure (see :data:`PAPER_CITATION`)."""
+def load_paper_values(path) -> pd.DataFrame:
+    """The published values of the paper's figure (see :data:`PAPER_CITATION`), from
+    ``visualization/paper_figure_values.csv`` (the scripts pass its path)."""
     return read_series_csv(path)
 
 

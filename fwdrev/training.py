@@ -42,10 +42,10 @@ logger = logging.getLogger(__name__)
 
 
 def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | None = None,
-                    default_recipe: str | None = None):
+                    default_recipe: str | None = None, recipes_dir: str | Path | None = None):
     """Parse CLI flags into dataclasses: script defaults < recipe (``--config``) < command line.
 
-    ``--config NAME_OR_PATH`` loads a YAML recipe (``recipes/<stage>/<NAME>.yaml``, see
+    ``--config NAME_OR_PATH`` loads a YAML recipe (``<recipes_dir>/<stage>/<NAME>.yaml``, see
     ``fwdrev.recipes``; ``default_recipe`` without the flag); its path is kept in ``args.config``.
     On a machine without CUDA, training runs on CPU processes with the gloo backend. This has
     to be decided before the TrainingArguments exist: accelerate reads ``use_cpu`` to learn the
@@ -56,7 +56,7 @@ def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | Non
     parser = HfArgumentParser(dataclass_types)
     recipe, recipe_file = {}, None
     if config or default_recipe:
-        recipe_file = recipe_path(config or default_recipe, stage or "")
+        recipe_file = recipe_path(config or default_recipe, stage or "", recipes_dir)
         recipe = load_recipe(recipe_file, {action.dest for action in parser._actions})
         if _given(argv, "--gradient_accumulation_steps") and not _given(argv, "--global_batch_size"):
             recipe.pop("global_batch_size", None)  # the command line's accumulation wins
@@ -320,13 +320,13 @@ def load_training_tokenizer(model_args: ModelArguments):
     return load_tokenizer(training_tokenizer_source(model_args), model_args.trust_remote_code)
 
 
-def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe: str):
+def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe: str, recipes_dir: str | Path):
     """What every training script does first: parse (recipe + flags), log, check, load the
     tokenizer. Returns (model_args, data_args, training_args, tokenizer)."""
     from fwdrev.run_folder import check_output_dir
 
     model_args, data_args, args = parse_arguments(dataclass_types, defaults, argv, stage=stage,
-                                                  default_recipe=default_recipe)
+                                                  default_recipe=default_recipe, recipes_dir=recipes_dir)
     setup_logging(args)
     check_attention_precision(model_args, args)
     check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)

@@ -49,8 +49,7 @@ import torch
 import transformers
 
 from fwdrev.data import load_preference_data
-from fwdrev.modeling import load_causal_lm, load_tokenizer, make_lora_config
-from fwdrev.synthetic import (
+from fwdrev.devtools.synthetic import (
     forward_question,
     forward_thinking,
     generate_preference_rows,
@@ -58,7 +57,8 @@ from fwdrev.synthetic import (
     render_conversation,
     reverse_thinking,
 )
-from fwdrev.tiny_model import build_tiny_model, train_tokenizer
+from fwdrev.devtools.tiny_model import build_tiny_model, train_tokenizer
+from fwdrev.modeling import load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.tokenization import encode_examples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

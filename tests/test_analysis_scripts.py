@@ -13,10 +13,10 @@ import torch
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.checkpoints import discover_checkpoints
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.errors import UsageError
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
 from fwdrev.score_summaries import REWARD_COLUMNS, SCORE_COLUMNS
-from fwdrev.synthetic import generate_preference_rows
 
 NUM_ROWS = 12
 SCORE_TOLERANCE = dict(check_exact=False, rtol=1e-5, atol=1e-3)  # float32 sums of ~100 tokens

@@ -15,8 +15,8 @@ from fwdrev.answers import (
     reference_budget,
 )
 from fwdrev.data import load_preference_data
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.modeling import load_for_scoring
-from fwdrev.synthetic import generate_preference_rows
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -325,7 +325,7 @@ def test_gpu_check_tiny_runs_train_analysis_and_prints_the_table(tmp_path):
 
 
 def test_gpu_check_tokens_per_second_and_mfu_arithmetic(tmp_path, monkeypatch):
-    from fwdrev import gpu_check
+    from fwdrev.devtools import gpu_check
 
     check = tmp_path / "len8192"
     (check / "dpo" / "checkpoint-2").mkdir(parents=True)

@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO_ROOT, assert_mentions, load_script, script_env
+from helpers import PAPER_CSV, REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.data import DataValidationError
 from fwdrev.errors import UsageError
@@ -139,7 +139,7 @@ def test_training_dynamics_refuses_to_resume_with_another_scoring(tiny_model_dir
 
 def test_paper_figure_refuses_to_mix_scorings(tmp_path):
     plot = load_script("visualization", "plot_with_wider_middle")
-    paper = plot.result_tables.load_paper_values()
+    paper = plot.result_tables.load_paper_values(PAPER_CSV)
     series = tmp_path / "series.csv"
     paper.assign(scoring=["original"] * (len(paper) - 1) + ["response"]).to_csv(series, index=False)
     command = [sys.executable, "visualization/plot_with_wider_middle.py", "--series_csv", str(series),

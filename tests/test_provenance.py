@@ -14,12 +14,12 @@ import torch
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.data_arguments import DataArguments
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.model_arguments import ModelArguments
 from fwdrev.modeling import add_lora, load_causal_lm, load_for_scoring, load_tokenizer, make_lora_config
 from fwdrev.provenance import recorded_adapter_base, run_folder_of, training_records
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.training import prepare_training_data, write_run_config_and_data_report
 
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")

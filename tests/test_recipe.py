@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from helpers import REPO_ROOT, run_command, script_env
 
-from fwdrev.synthetic import generate_preference_rows
+from fwdrev.devtools.synthetic import generate_preference_rows
 
 TRAINING_LAUNCHERS = ("scripts/sft.sh", "dpo/7b-train_multiple_base_models.sh")
 ANALYSIS_LAUNCHERS = ("analysis/run_complete_analysis.sh", "analysis/run_dpo_analysis.sh",

@@ -5,16 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 from fwdrev.errors import UsageError
 from fwdrev.recipes import (
-    RECIPES_DIR,
     accumulation_steps,
     load_recipe,
     pop_config_flag,
     recipe_path,
     warmup_decay_factor,
 )
+
+RECIPES_DIR = REPO_ROOT / "recipes"
 
 
 def test_schedule_equals_deepspeeds_warmup_decay_lr_update_by_update():
@@ -60,7 +62,9 @@ def test_config_flag_is_taken_out_of_argv():
 
 
 def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
-    assert recipe_path("original", "dpo") == RECIPES_DIR / "dpo" / "original.yaml"
+    assert recipe_path("original", "dpo", RECIPES_DIR) == RECIPES_DIR / "dpo" / "original.yaml"
+    with pytest.raises(UsageError, match="recipes folder"):
+        recipe_path("original", "dpo", None)
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1.0e-5\nlerning_rate: 2\n")
     with pytest.raises(UsageError, match=r"bad\.yaml.*\['lerning_rate'\]"):
@@ -78,7 +82,7 @@ def _parse_dpo(argv, monkeypatch, world_size=1):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     base = ["--model_name", "m", "--train_file_path", "d.parquet", "--output_dir", "o"]
     return parse_arguments((ModelArguments, DataArguments, DPOArguments), {}, base + argv,
-                           stage="dpo", default_recipe="lora")
+                           stage="dpo", default_recipe="lora", recipes_dir=RECIPES_DIR)
 
 
 def test_global_batch_sets_the_accumulation_steps(monkeypatch):
@@ -110,7 +114,7 @@ def test_every_shipped_recipe_loads_with_its_script(monkeypatch):
     for path in sorted((RECIPES_DIR / "sft").glob("*.yaml")):
         parse_arguments((ModelArguments, SFTDataArguments, SFTArguments), {},
                         ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o",
-                         "--config", str(path)], stage="sft")
+                         "--config", str(path)], stage="sft", recipes_dir=RECIPES_DIR)
 
 
 @pytest.mark.slow

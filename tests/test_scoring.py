@@ -9,6 +9,7 @@ import torch
 
 from fwdrev.bootstrap import bootstrap_mean_ci
 from fwdrev.data import DataValidationError, load_preference_data
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.modeling import load_for_scoring
 from fwdrev.score_summaries import (
     REWARD_COLUMNS,
@@ -22,7 +23,6 @@ from fwdrev.score_summaries import (
 )
 from fwdrev.scoring import response_stats, score_pairs
 from fwdrev.sharding import Shard, gather_table
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples
 
 

@@ -113,7 +113,8 @@ def test_default_recipe_is_s1s_and_response_field_alias():
     model, data, args = parse_arguments(
         (ModelArguments, SFTDataArguments, SFTArguments), sft_script().SFT_DEFAULTS,
         ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o", "--response_field", "worse-text"],
-        stage="sft", default_recipe=sft_script().DEFAULT_RECIPE)
+        stage="sft", default_recipe=sft_script().DEFAULT_RECIPE,
+        recipes_dir=sft_script().RECIPES_DIR)
     assert data.chosen_field == "worse-text" and data.eval_size == 0
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (1e-5, "cosine", 0.05)
     assert (args.weight_decay, args.adam_beta1, args.adam_beta2) == (1e-4, 0.9, 0.95)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -40,6 +41,7 @@ CI_CAPTION = (r" Bands in (c): 95\% confidence intervals of the mean $\Delta$, f
 DERIVED_CAPTION = r" Open grey markers: values derived as $y^+ - y^-$, not published."
 
 
+PAPER_CSV = Path(__file__).resolve().parent / "paper_figure_values.csv"  # values of Deng et al.'s figure
 PAPER_SCORING = "original"  # the published values came from the original analysis's scoring
 
 
@@ -100,8 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_series(args):
     if args.paper:
-        print(f"values: {result_tables.PAPER_CSV} ({result_tables.PAPER_CITATION})")
-        return result_tables.load_paper_values()
+        print(f"values: {PAPER_CSV} ({result_tables.PAPER_CITATION})")
+        return result_tables.load_paper_values(PAPER_CSV)
     if args.series_csv:
         return result_tables.read_series_csv(args.series_csv)
     return result_tables.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset,
