@@ -10,6 +10,7 @@ See fwdrev/devtools/synthetic.py for the task and the row layout.
 
 import argparse
 
+from fwdrev.cli import run_cli
 from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.io import write_table
 
@@ -29,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
