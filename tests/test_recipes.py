@@ -154,14 +154,3 @@ def test_accumulation_on_the_command_line_overrides_the_recipes_global_batch(mon
     assert args.gradient_accumulation_steps == 2 and args.global_batch_size is None
     _, _, args = _parse_dpo(["--config", "original", "--gradient-accumulation-steps=3"], monkeypatch)
     assert args.gradient_accumulation_steps == 3
-
-
-def test_an_eval_split_larger_than_the_training_split_is_an_error():
-    from fwdrev.training import split_train_eval
-
-    items, groups = list(range(10)), [i // 2 for i in range(10)]  # 5 problems of 2 rows
-    train, held_out = split_train_eval(items, 4, seed=0, groups=groups)
-    assert len(held_out) == 4 and len(train) == 6
-    assert {groups[i] for i in held_out}.isdisjoint({groups[i] for i in train})  # whole problems
-    with pytest.raises(UsageError, match="would hold out 6 of 10 rows"):
-        split_train_eval(items, 6, seed=0, groups=groups)
