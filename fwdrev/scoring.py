@@ -24,7 +24,7 @@ from fwdrev.score_summaries import DELTA_STATS, SIDES, STAT_NAMES
 from fwdrev.tokenization import TokenizedPair, collate_pairs, split_halves
 
 # CPU scoring's default head chunk (55 tokens at 152k vocabulary): the fastest whole-process
-# analysis measured, 0.8x the original's time (README, Benchmarks); larger chunks are slower there.
+# analysis measured, 0.8x the original's time (docs/performance.md); larger chunks are slower there.
 CPU_CHUNK_MB = 64
 
 

@@ -39,7 +39,7 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
                         help="response: the response tokens after the conversation's own prompt; "
                              "original: the original analysis's definition, which the published "
                              "figure used (fixed prompt + the question column, whole conversation "
-                             "as completion, first --max_tokens tokens minus the first; see README).")
+                             "as completion, first --max_tokens tokens minus the first; see docs/data_format.md).")
     parser.add_argument("--allow_train_overlap", action="store_true",
                         help="Score rows whose problems the model was trained on (its run_config.json "
                              "says which) instead of stopping; adds a boolean trained_on column.")

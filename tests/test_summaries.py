@@ -130,6 +130,7 @@ WRONG_Y_PLUS = re.compile(r"preferred forward|the forward (reasoning )?trace|for
 
 
 @pytest.mark.parametrize("path", ["README.md", "analysis/README.md", "visualization/README.md",
+                                  *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md")),
                                   "fwdrev/result_tables.py", "fwdrev/paper_figure.py",
                                   "visualization/plot_with_wider_middle.py",
                                   "analysis/summarize_results.py", "dpo/combined_dpo.py"])
