@@ -72,6 +72,7 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fwdrev.data import load_preference_data
+    from fwdrev.data_arguments import DEFAULT_MAX_LENGTH
     from fwdrev.scoring import scoring_dtype
     from fwdrev.tokenization import default_max_prompt_length, encode_examples
 
@@ -79,7 +80,8 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=scoring_dtype(device)).to(device).eval()
     data = load_preference_data(dataset_path, tokenizer=tokenizer)  # the analysis's defaults
-    pairs = encode_examples(tokenizer, data.examples, 20000, default_max_prompt_length(20000), data.report)
+    pairs = encode_examples(tokenizer, data.examples, DEFAULT_MAX_LENGTH, default_max_prompt_length(DEFAULT_MAX_LENGTH),
+                            data.report)
     rows = []
     for pair in pairs:
         row = {"example_id": pair.example_id}

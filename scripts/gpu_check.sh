@@ -32,7 +32,8 @@ if [[ "${SHAPE}" == tiny ]]; then
     PROMPT_LENGTH=32
     LORA=(--lora_r 8 --lora_alpha 16)
 else
-    SEQ_LENGTHS="${SEQ_LENGTHS:-8192 20000}"
+    # 8,192 and the study's --max_length (fwdrev.data_arguments.DEFAULT_MAX_LENGTH, 20,000)
+    SEQ_LENGTHS="${SEQ_LENGTHS:-8192 $(python -c 'from fwdrev.data_arguments import DEFAULT_MAX_LENGTH as n; print(n)')}"
     PROMPT_LENGTH=256
     LORA=(--lora_r 256 --lora_alpha 512)
 fi

@@ -225,6 +225,10 @@ def test_launchers_pass_max_prompt_length_only_when_set(launcher, tmp_path):
         args = (tmp_path / "args").read_text()
         assert "--max_length 512" in args
         assert ("--max_prompt_length" in args) == bool(expected) and (expected or "") in args
+    (tmp_path / "args").unlink()
+    result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                            env=script_env(**env, MAX_LENGTH="", MAX_PROMPT_LENGTH=""))
+    assert result.returncode == 0 and "--max_length" not in (tmp_path / "args").read_text()  # the scripts' default
 
 
 def test_launchers_check_their_inputs(tmp_path):

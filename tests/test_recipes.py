@@ -154,3 +154,16 @@ def test_accumulation_on_the_command_line_overrides_the_recipes_global_batch(mon
     assert args.gradient_accumulation_steps == 2 and args.global_batch_size is None
     _, _, args = _parse_dpo(["--config", "original", "--gradient-accumulation-steps=3"], monkeypatch)
     assert args.gradient_accumulation_steps == 3
+
+
+def test_max_length_has_one_default():
+    """20,000 tokens is written once (fwdrev.data_arguments); recipes and launchers read it."""
+    import yaml
+
+    from fwdrev.data_arguments import DEFAULT_MAX_LENGTH, DataArguments
+
+    assert DataArguments(train_file_path="d").max_length == DEFAULT_MAX_LENGTH == 20000
+    assert [p.name for p in RECIPES_DIR.rglob("*.yaml") if "max_length" in yaml.safe_load(p.read_text())] == []
+    for launcher in ("analysis/run_dpo_analysis.sh", "analysis/run_training_dynamics.sh", "scripts/gpu_check.sh"):
+        assert "20000" not in (REPO_ROOT / launcher).read_text(), launcher
+
