@@ -274,7 +274,7 @@ def finish_distributed(trainer, then=None) -> None:
         then()
 
 
-def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:
+def save_final_model(trainer, tokenizer) -> None:
     """Save the adapter (or full model) and tokenizer (every rank: ZeRO-3 gathers collectively).
 
     The merged copy is made later, by ``merge_final_model`` after ``finish_distributed``.
@@ -357,6 +357,6 @@ def train_and_save(trainer, model_args, tokenizer) -> None:
     if resume_from:
         logger.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
-    save_final_model(trainer, model_args, tokenizer)
+    save_final_model(trainer, tokenizer)
     logger.info("done: %s", args.output_dir)
     finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))
