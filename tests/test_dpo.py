@@ -76,7 +76,7 @@ def test_every_flag_reaches_the_arguments():
 def test_default_recipe_is_lora_dpo():
     model, _, args = parse_arguments((ModelArguments, DataArguments, DPOArguments), {},
                                      ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o"],
-                                     stage="dpo", default_recipe="lora")
+                                     stage="dpo", default_recipe="lora", recipes_dir=REPO_ROOT / "recipes")
     assert model.use_lora and (model.lora_r, model.lora_alpha, model.lora_dropout) == (256, 512, 0.05)
     assert args.loss_type == "sigmoid" and args.precompute_ref_log_probs and args.ref_batch_size is None
     assert (args.learning_rate, args.max_steps, args.save_steps, args.beta) == (5e-6, 50, 7, 0.1)
