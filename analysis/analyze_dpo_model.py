@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=4 analysis/analyze_dpo_model.py ...   # examples split over GPUs
 
 Outputs in OUTPUT_DIR: scores.parquet and scores.csv (one row per example, columns
-``fwdrev.scoring.SCORE_COLUMNS`` plus ``REWARD_COLUMNS`` with --ref_model_path), summary.json
+``fwdrev.score_summaries.SCORE_COLUMNS`` plus ``REWARD_COLUMNS`` with --ref_model_path), summary.json
 (per subset: the --scoring used, means, preference accuracies ``pref_acc_first_k`` /
 ``pref_acc_full`` / ``pref_acc_full_by_sum``, 95% CIs of the mean deltas from a bootstrap over
 problems, the ``group_id`` column) and data_report.json (rows used, excluded and truncated).
@@ -29,29 +29,24 @@ import argparse
 import json
 from pathlib import Path
 
-from fwdrev.checkpoints import DPO_FOLDER, Checkpoint, free_memory
+from fwdrev.checkpoints import DPO_FOLDER, Checkpoint, free_memory, load_for_scoring
 from fwdrev.cli import run_cli
 from fwdrev.fingerprint import file_sha256
 from fwdrev.io import write_json, write_table
-from fwdrev.modeling import is_adapter_dir, load_for_scoring
+from fwdrev.modeling import is_adapter_dir
 from fwdrev.probe_scoring import ProbeRun, add_probe_arguments, loaded_model
 from fwdrev.provenance import dpo_reward_settings, recorded_adapter_base, resolve_adapter_base, train_overlap
 from fwdrev.score_keys import content_settings, model_content
-from fwdrev.scoring import (
+from fwdrev.score_summaries import (
     add_group_argument,
     add_group_ids,
     add_reward_columns,
-    add_scoring_arguments,
-    load_scoring_pairs,
-    pair_length,
-    parse_scoring_args,
     problem_group_ids,
-    sample_types_by_id,
     scores_table,
-    scoring_chunk_size,
-    scoring_dtype,
     summarize_scores,
 )
+from fwdrev.scoring import pair_length, sample_types_by_id, scoring_chunk_size, scoring_dtype
+from fwdrev.scoring_cli import add_scoring_arguments, load_scoring_pairs, parse_scoring_args
 from fwdrev.sharding import current_shard, gather_table
 
 

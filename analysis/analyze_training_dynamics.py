@@ -10,7 +10,7 @@ Checkpoints: ``CHECKPOINT_DIR/<epoch>`` (SFT) or ``CHECKPOINT_DIR/checkpoint-<st
 loaded once, adapters are swapped) or a full model.
 
 Outputs in OUTPUT_DIR: all / first50 / last50 (.parquet and .csv; one row per checkpoint and
-example, columns ``fwdrev.scoring.SCORE_COLUMNS`` with the --scoring used, and ``group_id``,
+example, columns ``fwdrev.score_summaries.SCORE_COLUMNS`` with the --scoring used, and ``group_id``,
 the problem of the row), summary.csv (per checkpoint and subset),
 data_report.json, scoring_settings.json and parts/<checkpoint>.part (one finished checkpoint
 each). The tables are written once every checkpoint asked for has its part, by the run (or the
@@ -35,7 +35,8 @@ from pathlib import Path
 import pandas as pd
 
 from fwdrev.checkpoints import CheckpointModels, base_checkpoint, discover_checkpoints, parse_epochs, series_base_model
-from fwdrev.cli import UsageError, run_cli
+from fwdrev.cli import run_cli
+from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import exclusive_lock, write_json, write_table
 from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementation
@@ -43,22 +44,17 @@ from fwdrev.probe_scoring import ProbeRun, add_probe_arguments
 from fwdrev.provenance import check_base_content, recorded_base, train_overlap
 from fwdrev.run_identity import run_id_of
 from fwdrev.score_keys import content_settings
-from fwdrev.scoring import (
+from fwdrev.score_summaries import (
     META_COLUMNS,
     add_group_argument,
     add_group_ids,
-    add_scoring_arguments,
     checkpoint_summary,
-    load_scoring_pairs,
-    pair_length,
-    parse_scoring_args,
     problem_group_ids,
-    sample_types_by_id,
     scores_table,
-    scoring_chunk_size,
-    scoring_dtype,
     subset_frames,
 )
+from fwdrev.scoring import pair_length, sample_types_by_id, scoring_chunk_size, scoring_dtype
+from fwdrev.scoring_cli import add_scoring_arguments, load_scoring_pairs, parse_scoring_args
 from fwdrev.sharding import by_example_id, current_shard, gather_table, read_key, write_parquet
 
 TABLE_SUBSETS = ("all", "first50", "last50")
@@ -115,7 +111,7 @@ def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
         saved.setdefault("scoring", "response")  # the only scoring before --scoring existed
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if changed:
-            raise SystemExit(f"error: {output_dir} holds results scored with other settings "
+            raise UsageError(f"{output_dir} holds results scored with other settings "
                              f"(saved, now): {changed}; use another --output_dir")
     elif is_main:
         write_json(path, settings)

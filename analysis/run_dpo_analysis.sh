@@ -13,10 +13,10 @@ DATASET_PATH="${DATASET_PATH:-./data/split/test.parquet}"  # held out (scripts/p
 OUTPUT_DIR="${OUTPUT_DIR:-./outputs/dpo_analysis}"
 BETA="${BETA:-}"                        # empty: the beta the model was trained with (its run record)
 MAX_TOKENS="${MAX_TOKENS:-1000}"
-MAX_LENGTH="${MAX_LENGTH:-20000}"
+MAX_LENGTH="${MAX_LENGTH:-}"                # empty: the scripts' default (fwdrev.data_arguments.DEFAULT_MAX_LENGTH)
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"  # below MAX_LENGTH; empty: min(2048, MAX_LENGTH / 2)
 BATCH_SIZE="${BATCH_SIZE:-2}"
-SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (README)
+SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (docs/data_format.md)
 SCORE_TOKENS="${SCORE_TOKENS:-}"      # empty: whole responses; 1000 (= MAX_TOKENS): only the first-K
                                       # columns of the headline metric (the rest NaN), faster
 PROBES="${PROBES:-}"                  # e.g. all, or irr_test,permuted,argmax (docs/probes.md); empty: none
@@ -35,7 +35,7 @@ optional=()
 
 launch "${REPO_ROOT}/analysis/analyze_dpo_model.py" \
     --model_path "${MODEL_PATH}" --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" \
-    ${BETA:+--beta "${BETA}"} --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
+    ${BETA:+--beta "${BETA}"} --max_tokens "${MAX_TOKENS}" ${MAX_LENGTH:+--max_length "${MAX_LENGTH}"} \
     ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --scoring "${SCORING}" \
     ${SCORE_TOKENS:+--score_tokens "${SCORE_TOKENS}"} \
     ${PROBES:+--probes "${PROBES}"} ${PROBE_FIELDS:+--probe_fields "${PROBE_FIELDS}"} \

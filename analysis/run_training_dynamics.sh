@@ -16,10 +16,10 @@ STAGE="${STAGE:-auto}"                  # sft (<epoch>/ folders), dpo (checkpoin
 EPOCHS="${EPOCHS:-}"                    # e.g. 1,2,3 (default: every checkpoint found)
 INCLUDE_BASE="${INCLUDE_BASE:-0}"       # 1: also score the base model as epoch 0
 MAX_TOKENS="${MAX_TOKENS:-1000}"
-MAX_LENGTH="${MAX_LENGTH:-20000}"
+MAX_LENGTH="${MAX_LENGTH:-}"                # empty: the scripts' default (fwdrev.data_arguments.DEFAULT_MAX_LENGTH)
 MAX_PROMPT_LENGTH="${MAX_PROMPT_LENGTH:-}"  # below MAX_LENGTH; empty: min(2048, MAX_LENGTH / 2)
 BATCH_SIZE="${BATCH_SIZE:-2}"
-SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (README)
+SCORING="${SCORING:-response}"        # response, or original: the published figure's definition (docs/data_format.md)
 SCORE_TOKENS="${SCORE_TOKENS:-}"      # empty: whole responses; 1000 (= MAX_TOKENS): only the first-K
                                       # columns of the headline metric (the rest NaN), faster
 PROBES="${PROBES:-}"                  # e.g. all, or irr_test,permuted,argmax (docs/probes.md); empty: none
@@ -43,7 +43,7 @@ fi
 launch "${REPO_ROOT}/analysis/analyze_training_dynamics.py" \
     --checkpoint_dir "${CHECKPOINT_DIR}" \
     --dataset_path "${DATASET_PATH}" --output_dir "${OUTPUT_DIR}" --stage "${STAGE}" \
-    --max_tokens "${MAX_TOKENS}" --max_length "${MAX_LENGTH}" \
+    --max_tokens "${MAX_TOKENS}" ${MAX_LENGTH:+--max_length "${MAX_LENGTH}"} \
     ${MAX_PROMPT_LENGTH:+--max_prompt_length "${MAX_PROMPT_LENGTH}"} --batch_size "${BATCH_SIZE}" --scoring "${SCORING}" \
     ${SCORE_TOKENS:+--score_tokens "${SCORE_TOKENS}"} \
     ${PROBES:+--probes "${PROBES}"} ${PROBE_FIELDS:+--probe_fields "${PROBE_FIELDS}"} \

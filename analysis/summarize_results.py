@@ -15,13 +15,13 @@ column; for tables scored by an older version, give the data file with --dataset
 
 import argparse
 import os
-import sys
 
-from fwdrev.cli import UsageError, run_cli
+from fwdrev.cli import run_cli
 from fwdrev.data import read_table
+from fwdrev.errors import UsageError
 from fwdrev.io import write_table
 from fwdrev.result_tables import summary_table
-from fwdrev.scoring import add_group_argument, problem_group_ids
+from fwdrev.score_summaries import add_group_argument, problem_group_ids
 
 NAMES = {"f": "D_f", "r": "D_r", "m": "D_m"}
 
@@ -68,7 +68,7 @@ def main(argv=None):
     except (KeyError, ValueError) as error:
         raise UsageError(str(error)) from None
     if summary.empty:
-        sys.exit(f"error: no analysis tables under {args.results_dir}")
+        raise UsageError(f"no analysis tables under {args.results_dir}")
     order = {"f": 0, "r": 1, "m": 2}
     summary = summary.sort_values(["train_set", "stage", "epoch"],
                                   key=lambda c: c.map(order) if c.name == "train_set" else

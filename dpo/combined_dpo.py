@@ -19,15 +19,17 @@ tokenizer, checkpoint-<step>/ folders, metrics.csv, TensorBoard logs (runs/), ru
 data_report.json, reference_logps.parquet, and merged/ with --merge_weights.
 """
 
+from pathlib import Path
+
 from fwdrev.checkpoint_pruning import OptimizerStatePruning
 from fwdrev.cli import run_cli
 from fwdrev.data_arguments import DataArguments
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.reference import ReferenceMode, reference_cache_key
 from fwdrev.tokenization import PairDataset
 from fwdrev.training import (
     MetricsCSVCallback,
-    ModelArguments,
     load_policy,
     load_reference_model,
     prepare_run_data,
@@ -44,11 +46,13 @@ DPO_DEFAULTS = dict(
     save_only_model=False,
 )
 DEFAULT_RECIPE = "lora"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # this checkout's recipes/
 
 
 def main(argv=None):
     model_args, data_args, args, tokenizer = start_run(
-        (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv, "dpo", DEFAULT_RECIPE)
+        (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv, "dpo", DEFAULT_RECIPE,
+        RECIPES_DIR)
     data, train_pairs, eval_pairs = prepare_run_data(model_args, data_args, args, tokenizer)
 
     model = load_policy(model_args, args)

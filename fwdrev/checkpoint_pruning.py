@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.layout import step_checkpoints
 
 PRUNED_MARKER = "OPTIMIZER_STATE_PRUNED"

@@ -1,4 +1,4 @@
-"""Finding the checkpoints of a training run, and loading each one for scoring.
+"""Finding the checkpoints of a training run, and loading each one (or one model or adapter) for scoring.
 
 Two layouts: SFT saves one folder per epoch (``CHECKPOINT_DIR/1``, ``/2``, ...), the HF Trainer
 used for DPO saves ``CHECKPOINT_DIR/checkpoint-<step>``. Each folder holds a LoRA adapter
@@ -19,7 +19,15 @@ import torch
 from fwdrev.layout import EPOCH_CHECKPOINT as SFT_FOLDER
 from fwdrev.layout import EPOCH_CHECKPOINTS
 from fwdrev.layout import STEP_CHECKPOINT as DPO_FOLDER
-from fwdrev.modeling import is_adapter_dir, load_adapter, load_causal_lm
+from fwdrev.modeling import (
+    is_adapter_dir,
+    load_adapter,
+    load_causal_lm,
+    load_tokenizer,
+    pick_attn_implementation,
+)
+from fwdrev.provenance import resolve_adapter_base
+from fwdrev.run_identity import check_same_run, run_config_of
 
 STAGES = ("sft", "dpo")
 BASE_NAME = "base"
@@ -45,7 +53,6 @@ def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
     Every checkpoint must carry the run_id of the run folder's run_config.json (exit 2 naming
     those of other runs: e.g. an earlier run's epochs left in the folder).
     """
-    from fwdrev.run_identity import check_same_run, run_config_of
 
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
@@ -102,8 +109,6 @@ def series_base_model(checkpoints: Sequence[Checkpoint], base_model: str | None 
     """The base model of a checkpoint series: ``base_model`` checked against, or by default the
     one recorded by, its LoRA adapters (``fwdrev.provenance.resolve_adapter_base``; raises
     ``UsageError`` on a mismatch unless ``force``). None: full models and no ``base_model``."""
-    from fwdrev.provenance import resolve_adapter_base
-
     adapters = [c.path for c in checkpoints if c.path is not None and is_adapter_dir(c.path)]
     if not adapters:
         return base_model
@@ -160,8 +165,6 @@ class CheckpointModels:
                 free_memory()
 
     def _swap_adapter(self, checkpoint: Checkpoint):
-        from fwdrev.provenance import resolve_adapter_base
-
         resolve_adapter_base(checkpoint.path, self.base_model, self.force_base_model)
         name = re.sub(r"\W", "_", checkpoint.name)  # adapter names become module keys
         model = load_adapter(self._shared_base(), checkpoint.path, adapter_name=name)
@@ -176,3 +179,27 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def load_for_scoring(model_path: str, base_model: str | None = None,
+                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     use_flash_attention: bool = False, trust_remote_code: bool = False,
+                     force_base_model: bool = False, base_flag: str = "--base_model"):
+    """Load a full model or a LoRA adapter directory.
+
+    An adapter is loaded on the base recorded in its adapter_config.json; a ``base_model`` that
+    is another model raises ``fwdrev.cli.UsageError`` unless ``force_base_model`` (see
+    ``fwdrev.provenance.resolve_adapter_base``). Full models ignore ``base_model``.
+    Returns (model in eval mode on ``device``, tokenizer).
+    """
+    attn = pick_attn_implementation(use_flash_attention)
+    if is_adapter_dir(model_path):
+        base_path = resolve_adapter_base(model_path, base_model, force_base_model, base_flag)
+        model = load_causal_lm(base_path, dtype, attn, trust_remote_code)
+        model = load_adapter(model, model_path)
+        tokenizer_path = model_path if (Path(model_path) / "tokenizer_config.json").is_file() else base_path
+    else:
+        model = load_causal_lm(model_path, dtype, attn, trust_remote_code)
+        tokenizer_path = model_path
+    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
+    return model.to(device).eval(), tokenizer

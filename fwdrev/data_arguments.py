@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 from fwdrev.tokenization import check_lengths, default_max_prompt_length
 
+# Tokens of prompt + response: the study's sequences (the original's --max_length). The one default;
+# recipes, launchers, scripts/gpu_check.sh and the benchmarks read it.
+DEFAULT_MAX_LENGTH = 20000
+
 
 @dataclass
 class DataArguments:
@@ -26,7 +30,7 @@ class DataArguments:
                                         "'original,flipped' (default: all rows)."})
     drop_invalid_rows: bool = field(
         default=False, metadata={"help": "Exclude invalid rows (reported) instead of failing."})
-    max_length: int = field(default=20000, metadata={"help": "Max tokens of prompt + response."})
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "Max tokens of prompt + response."})
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Max prompt tokens (the end is kept); default min(2048, max_length // 2)."})
     eval_size: float = field(

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from fwdrev.errors import DataValidationError
+
 MAX_INDICES_IN_MESSAGE = 20
-
-
-class DataValidationError(ValueError):
-    """Bad input data; the message names the file, the column and the offending rows."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
 PREBUILD_HINT = ("pre-build it once where a C++ compiler is available: DS_BUILD_CPU_ADAM=1 pip install "
                  "--no-cache-dir --force-reinstall deepspeed==<your version>, or use "

@@ -22,24 +22,22 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 from transformers import Trainer
 
-from fwdrev.cli import UsageError
+from fwdrev.autocast import AutocastLossMixin
 from fwdrev.dpo_loss import LOSS_TYPES, dpo_loss
+from fwdrev.errors import UsageError
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs, unwrap_causal_lm
 from fwdrev.modeling import disable_dropout, eval_mode
+from fwdrev.rank_zero import decide_on_main_process
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
-from fwdrev.reference import (  # noqa: F401
-    REFERENCE_CACHE,
-    REFERENCE_CACHE_KEY,
+from fwdrev.reference import (
     CacheDecision,
     ReferenceMode,
     check_reference_cache,
-    decide_on_main_process,
     length_sorted_shard,
     scoring_precision,
     write_reference_cache,
 )
 from fwdrev.tokenization import TokenizedPair, collate_pairs, split_halves
-from fwdrev.training import AutocastLossMixin
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from fwdrev.bootstrap import bootstrap_mean_ci
 from fwdrev.result_tables import CI_COLUMNS, checkpoint_sort_key, table_columns, with_epochs
-from fwdrev.scoring import GROUP_COLUMN
+from fwdrev.score_summaries import GROUP_COLUMN
 
 ANALYSIS_COLUMNS = {"checkpoint", "example_id", "chosen_logp_mean", "rejected_logp_mean"}
 DYNAMICS_COLUMNS = {"step", "split", "example_id", "chosen_logp_mean", "rejected_logp_mean"}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from fwdrev.output_head import check_output_head, output_head
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -63,7 +65,6 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, attn_implement
     from transformers import AutoModelForCausalLM
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from fwdrev.output_head import check_output_head, output_head
 
     attn_implementation = supported_attn_implementation(path, attn_implementation, trust_remote_code)
     placement = {"device_map": {"": str(device)}} if device is not None and str(device) != "cpu" else {}
@@ -151,32 +152,6 @@ def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", 
         return model
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name,
                                      is_trainable=is_trainable, autocast_adapter_dtype=fp32_adapter)
-
-
-def load_for_scoring(model_path: str, base_model: str | None = None,
-                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                     use_flash_attention: bool = False, trust_remote_code: bool = False,
-                     force_base_model: bool = False, base_flag: str = "--base_model"):
-    """Load a full model or a LoRA adapter directory.
-
-    An adapter is loaded on the base recorded in its adapter_config.json; a ``base_model`` that
-    is another model raises ``fwdrev.cli.UsageError`` unless ``force_base_model`` (see
-    ``fwdrev.provenance.resolve_adapter_base``). Full models ignore ``base_model``.
-    Returns (model in eval mode on ``device``, tokenizer).
-    """
-    from fwdrev.provenance import resolve_adapter_base
-
-    attn = pick_attn_implementation(use_flash_attention)
-    if is_adapter_dir(model_path):
-        base_path = resolve_adapter_base(model_path, base_model, force_base_model, base_flag)
-        model = load_causal_lm(base_path, dtype, attn, trust_remote_code)
-        model = load_adapter(model, model_path)
-        tokenizer_path = model_path if (Path(model_path) / "tokenizer_config.json").is_file() else base_path
-    else:
-        model = load_causal_lm(model_path, dtype, attn, trust_remote_code)
-        tokenizer_path = model_path
-    tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
-    return model.to(device).eval(), tokenizer
 
 
 @contextmanager

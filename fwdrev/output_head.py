@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
 # Classes whose forward soft-caps the logits with the (text) config's final_logit_softcapping.
 SOFTCAP_CLASSES = {

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from fwdrev.checkpoints import free_memory
-from fwdrev.cli import UsageError
+from fwdrev.checkpoints import free_memory, load_for_scoring
 from fwdrev.data import load_preference_data
+from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, key_digest
 from fwdrev.greedy_probe import GREEDY_FILE, cached_greedy, greedy_budget, greedy_key
-from fwdrev.modeling import load_for_scoring
 from fwdrev.problems import problem_keys
 from fwdrev.provenance import training_records
 from fwdrev.response_probes import SCORED_RESPONSES, TrainRows, parse_probe_kinds, probe_pairs, probe_responses

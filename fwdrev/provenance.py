@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.modeling import adapter_base_model, is_adapter_dir
 from fwdrev.problems import group_column, normalized_id, problem_keys

@@ -20,18 +20,23 @@ import yaml
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainingArguments
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 LR_SCHEDULES = ("trainer", "deepspeed_warmup_decay")
 
 
-def recipe_path(name_or_path: str, stage: str) -> Path:
-    """``original`` -> recipes/<stage>/original.yaml; a path is taken as it is."""
+def recipe_path(name_or_path: str, stage: str, recipes_dir: str | Path | None) -> Path:
+    """``original`` -> <recipes_dir>/<stage>/original.yaml; a path is taken as it is.
+
+    ``recipes_dir``: the checkout's ``recipes/`` folder, which the scripts pass in (the package
+    does not guess where its checkout is).
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    return RECIPES_DIR / stage / f"{name_or_path}.yaml"
+    if recipes_dir is None:
+        raise UsageError(f"--config {name_or_path}: a recipe name needs the recipes folder; pass a YAML path")
+    return Path(recipes_dir) / stage / f"{name_or_path}.yaml"
 
 
 def load_recipe(path: str | Path, known_flags: set[str]) -> dict:

@@ -4,8 +4,8 @@
 what the mode needs and the trainer scores what the mode says. ``reference_cache_key`` is the
 one function that builds the key of ``reference_logps.parquet``: everything its values depend
 on, by content (file hashes and model fingerprints), so a cache made for other data, weights,
-fields, lengths, scoring rules or precision is never reused. ``decide_on_main_process`` makes
-rank 0's view of the cache every rank's view.
+fields, lengths, scoring rules or precision is never reused (rank 0 decides for every rank:
+``fwdrev.rank_zero.decide_on_main_process``).
 """
 
 from __future__ import annotations
@@ -13,20 +13,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 
 from fwdrev.fingerprint import file_sha256, key_digest, model_fingerprint
 from fwdrev.io import write_json, write_table
 from fwdrev.layout import REFERENCE_CACHE, REFERENCE_CACHE_KEY
+from fwdrev.model_arguments import training_tokenizer_source
 from fwdrev.tokenization import SCORING_RULES_VERSION, TokenizedPair
-from fwdrev.training import training_tokenizer_source
 
 
 class ReferenceMode(str, Enum):
@@ -114,20 +112,6 @@ def check_reference_cache(output_dir: str | Path, key: dict, wanted_ids) -> Cach
     if missing:
         return CacheDecision(None, f"{cache} lacks {len(missing)} of the example ids")
     return CacheDecision(frame, f"reference log-probs loaded from {cache}")
-
-
-def decide_on_main_process(decide: Callable[[], object], process_index: int, world_size: int,
-                           broadcast: Callable[[list], None] | None = None):
-    """Run ``decide`` on rank 0 only and give every rank its result.
-
-    Each rank looking at its own file system could disagree (a node without the file, a write
-    racing a read) and then half the ranks would wait in a collective the others never join.
-    """
-    if world_size <= 1:
-        return decide()
-    holder = [decide() if process_index == 0 else None]
-    (broadcast or (lambda objects: dist.broadcast_object_list(objects, src=0)))(holder)
-    return holder[0]
 
 
 def write_reference_cache(output_dir: str | Path, frame: pd.DataFrame, key: dict) -> None:

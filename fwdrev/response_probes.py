@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fwdrev.cli import UsageError
 from fwdrev.data import IM_END, split_embedded, strip_after_final_im_end
+from fwdrev.errors import UsageError
 from fwdrev.problems import problem_keys
 from fwdrev.tokenization import TokenizedPair, encode_response, truncate_response
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fwdrev.bootstrap import bootstrap_mean_ci
-from fwdrev.scoring import GROUP_COLUMN, add_group_ids
+from fwdrev.score_summaries import GROUP_COLUMN, add_group_ids, share_positive
 from fwdrev.sets import SETS, TEST_SET_SAMPLE_TYPE
 
 TIDY_COLUMNS = ["train_set", "test_set", "stage", "epoch", "series", "value"]
@@ -31,7 +31,6 @@ TIDY_COLUMNS = ["train_set", "test_set", "stage", "epoch", "series", "value"]
 CI_COLUMNS = ["ci_low", "ci_high"]
 STAGES = ("sft", "dpo")
 SERIES = ("y+", "y-", "delta")
-PAPER_CSV = Path(__file__).resolve().parents[1] / "visualization" / "paper_figure_values.csv"
 PAPER_CITATION = (
     "Deng et al., When Inverse Data Outperforms: Exploring the Pitfalls of Mixed Data "
     "in Multi-Stage Fine-Tuning, arXiv:2509.13079"
@@ -79,8 +78,9 @@ def read_series_csv(path) -> pd.DataFrame:
     return validate_series(pd.read_csv(path))
 
 
-def load_paper_values(path=PAPER_CSV) -> pd.DataFrame:
-    """The published values of the paper's figure (see :data:`PAPER_CITATION`)."""
+def load_paper_values(path) -> pd.DataFrame:
+    """The published values of the paper's figure (see :data:`PAPER_CITATION`), from
+    ``visualization/paper_figure_values.csv`` (the scripts pass its path)."""
     return read_series_csv(path)
 
 
@@ -247,13 +247,8 @@ def _summary_values(group: pd.DataFrame, chosen: str, rejected: str, ci: bool, s
             "n_problems": group[GROUP_COLUMN].nunique() if GROUP_COLUMN in group else np.nan,
             "y_plus": group[chosen].mean(), "y_minus": group[rejected].mean(),
             "delta": group["_delta"].mean(), "delta_ci_low": low, "delta_ci_high": high,
-            "pref_acc_first_k": _share_positive(group["_first_k"]),
-            "pref_acc_full": _share_positive(group["_full"])}
-
-
-def _share_positive(values: pd.Series) -> float:
-    values = values.dropna()
-    return float((values > 0).mean()) if len(values) else np.nan
+            "pref_acc_first_k": share_positive(group["_first_k"]),
+            "pref_acc_full": share_positive(group["_full"])}
 
 
 def series_from_results_dir(results_dir, metric: str = "logp_mean_first_k", subset: str = "all",

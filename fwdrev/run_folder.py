@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.layout import EPOCH_CHECKPOINTS, MERGED, step_checkpoints
 
 logger = logging.getLogger(__name__)

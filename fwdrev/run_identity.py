@@ -25,7 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from fwdrev.checkpoint_pruning import check_resumable
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.io import atomic_write_text
 from fwdrev.layout import (
     EPOCH_CHECKPOINT,
@@ -37,6 +37,7 @@ from fwdrev.layout import (
     run_outputs,
     step_checkpoints,
 )
+from fwdrev.rank_zero import decide_on_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,6 @@ def choose_run_id(output_dir: str, resume: str | None, overwrite: bool) -> str:
 
 def decide_run_id(args, overwrite: bool) -> str:
     """Every rank's run_id, decided (and the folder cleared) by rank 0 before anything is written."""
-    from fwdrev.reference import decide_on_main_process
-
     return decide_on_main_process(
         lambda: choose_run_id(args.output_dir, args.resume_from_checkpoint, overwrite),
         args.process_index, args.world_size)

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback
 
+from fwdrev.autocast import AutocastLossMixin
 from fwdrev.data_arguments import DataArguments
 from fwdrev.layout import EPOCH_CHECKPOINTS, epoch_checkpoint_dir
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE, sequence_logprobs
 from fwdrev.recipes import RecipeScheduleMixin, RecipeTrainingArguments
 from fwdrev.run_identity import write_record
 from fwdrev.tokenization import TokenizedPair, pad_sequences, prompt_response_sequence
-from fwdrev.training import AutocastLossMixin
 
 logger = logging.getLogger(__name__)
 

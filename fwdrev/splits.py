@@ -8,7 +8,7 @@ from collections import Counter
 
 import pandas as pd
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.problems import group_column as problem_group_column
 
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from fwdrev.data import DataReport, PreferenceExample
+from fwdrev.errors import LengthSettingsError
 
 IGNORE_INDEX = -100
 # Version of the rules that turn a row into the tokens that get scored: response splitting and
@@ -46,10 +47,6 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return self.pairs[index]
-
-
-class LengthSettingsError(ValueError):
-    """--max_length / --max_prompt_length that cannot work together."""
 
 
 def default_max_prompt_length(max_length: int) -> int:

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import logging
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, TrainerCallback
 
-from fwdrev.cli import UsageError, note_process_group_left
+from fwdrev.cli import note_process_group_left
 from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.deepspeed_ops import check_deepspeed_ops
+from fwdrev.errors import UsageError
 from fwdrev.io import atomic_path, write_json
 from fwdrev.layout import DATA_REPORT, MERGED, METRICS, RUN_CONFIG
+from fwdrev.model_arguments import ModelArguments, training_tokenizer_source
 from fwdrev.modeling import (
-    DEFAULT_LORA_TARGETS,
     add_lora,
     default_dtype,
     load_adapter,
@@ -32,7 +31,9 @@ from fwdrev.modeling import (
     pick_attn_implementation,
     zero3_init_disabled,
 )
+from fwdrev.provenance import resolve_adapter_base, training_record
 from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path, settle_batch_flags
+from fwdrev.run_folder import check_output_dir, run_is_complete
 from fwdrev.run_identity import (
     RunRecordCallback,
     adopt_unrecorded_checkpoints,
@@ -46,36 +47,11 @@ from fwdrev.tokenization import encode_examples
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class ModelArguments:
-    model_name: str = field(metadata={"help": "Base model: a local folder or hub name."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the model folder."})
-    use_flash_attention: bool = field(
-        default=False, metadata={"help": "flash_attention_2 if flash-attn and CUDA are present, else SDPA."})
-    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (--no_use_lora: full fine-tuning)."})
-    lora_r: int = field(default=256, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=512, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default=DEFAULT_LORA_TARGETS, metadata={"help": "Comma-separated module names, or 'all-linear'."})
-    init_adapter: str | None = field(
-        default=None, metadata={"help": "Continue training this saved LoRA adapter (e.g. an SFT checkpoint)."})
-    merge_weights: bool = field(
-        default=False, metadata={"help": "After training, also save base + adapter merged (float32) in "
-                                         "OUTPUT_DIR/merged."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train from scratch even if OUTPUT_DIR holds another run: its "
-                                         "checkpoints, models and logs are removed first."})
-    force_base_model: bool = field(
-        default=False, metadata={"help": "Continue --init_adapter on --model_name even when that is not "
-                                         "the model (content) the adapter was trained on."})
-
-
 def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | None = None,
-                    default_recipe: str | None = None):
+                    default_recipe: str | None = None, recipes_dir: str | Path | None = None):
     """Parse CLI flags into dataclasses: script defaults < recipe (``--config``) < command line.
 
-    ``--config NAME_OR_PATH`` loads a YAML recipe (``recipes/<stage>/<NAME>.yaml``, see
+    ``--config NAME_OR_PATH`` loads a YAML recipe (``<recipes_dir>/<stage>/<NAME>.yaml``, see
     ``fwdrev.recipes``; ``default_recipe`` without the flag); its path is kept in ``args.config``.
     On a machine without CUDA, training runs on CPU processes with the gloo backend. This has
     to be decided before the TrainingArguments exist: accelerate reads ``use_cpu`` to learn the
@@ -86,7 +62,7 @@ def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | Non
     parser = HfArgumentParser(dataclass_types)
     recipe, recipe_file = {}, None
     if config or default_recipe:
-        recipe_file = recipe_path(config or default_recipe, stage or "")
+        recipe_file = recipe_path(config or default_recipe, stage or "", recipes_dir)
         recipe = load_recipe(recipe_file, {action.dest for action in parser._actions})
     recipe = settle_batch_flags(recipe, recipe_file, argv)
     if not torch.cuda.is_available():
@@ -156,20 +132,6 @@ def load_policy(model_args: ModelArguments, training_args):
     return model
 
 
-class AutocastLossMixin:
-    """Compute the whole loss and evaluation under the run's bf16/fp16 autocast (no DeepSpeed).
-
-    Accelerate autocasts only the model's forward and returns its outputs in float32; our loss
-    applies the output head to those hidden states itself, where a bf16 head would meet float32
-    inputs ("expected m1 and m2 to have the same dtype"). Put before ``Trainer`` in the bases.
-    """
-
-    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
-        if self.accelerator.native_amp:  # False under DeepSpeed, which casts by itself
-            return self.accelerator.autocast()
-        return contextlib.nullcontext()
-
-
 def load_reference_model(model_args: ModelArguments, training_args):
     """A frozen copy of the initial policy: the base model, with ``init_adapter`` applied if given.
 
@@ -211,7 +173,6 @@ def write_run_config_and_data_report(model_args: ModelArguments, data_args: Data
     if training_args.process_index != 0:
         return
     os.makedirs(training_args.output_dir, exist_ok=True)
-    from fwdrev.provenance import training_record  # what the analysis checks overlap against
 
     record = training_record(data, [p.example_id for p in train_items], [p.example_id for p in eval_items],
                              model_args.model_name, model_args.init_adapter,
@@ -266,7 +227,7 @@ def finish_distributed(trainer, then=None) -> None:
         then()
 
 
-def save_final_model(trainer, model_args: ModelArguments, tokenizer) -> None:
+def save_final_model(trainer, tokenizer) -> None:
     """Save the adapter (or full model) and tokenizer (every rank: ZeRO-3 gathers collectively).
 
     The merged copy is made later, by ``merge_final_model`` after ``finish_distributed``.
@@ -308,27 +269,18 @@ def merge_adapter_into_base(model_args: ModelArguments, adapter_dir: str, merged
     logger.info("merged model (%s) saved to %s", str(dtype).removeprefix("torch."), target)
 
 
-def training_tokenizer_source(model_args: ModelArguments) -> str:
-    """The folder of the training tokenizer: the one saved with ``init_adapter`` if any, else the base model's."""
-    if model_args.init_adapter and Path(model_args.init_adapter, "tokenizer_config.json").is_file():
-        return model_args.init_adapter
-    return model_args.model_name
-
-
 def load_training_tokenizer(model_args: ModelArguments):
     """The tokenizer saved with ``init_adapter`` if any, else the base model's."""
     return load_tokenizer(training_tokenizer_source(model_args), model_args.trust_remote_code)
 
 
-def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe: str):
+def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe: str, recipes_dir: str | Path):
     """What every training script does first: parse (recipe + flags), log, check, decide the
     run's identity (``fwdrev.run_identity``: ``args.run_id``, ``args.run_stage``), load the
     tokenizer. Returns (model_args, data_args, training_args, tokenizer)."""
-    from fwdrev.provenance import resolve_adapter_base
-    from fwdrev.run_folder import check_output_dir
 
     model_args, data_args, args = parse_arguments(dataclass_types, defaults, argv, stage=stage,
-                                                  default_recipe=default_recipe)
+                                                  default_recipe=default_recipe, recipes_dir=recipes_dir)
     setup_logging(args)
     check_attention_precision(model_args, args)
     check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
@@ -354,7 +306,6 @@ def prepare_run_data(model_args, data_args, args, tokenizer, with_rejected: bool
 def train_and_save(trainer, model_args, tokenizer) -> None:
     """Train (resuming if asked; a finished run trains nothing), save, leave the process group,
     and merge the adapter on rank 0 once the group is gone."""
-    from fwdrev.run_folder import run_is_complete
 
     args = trainer.args
     resume_from = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir,
@@ -368,6 +319,6 @@ def train_and_save(trainer, model_args, tokenizer) -> None:
             adopt_unrecorded_checkpoints(args.output_dir)
     trainer.add_callback(RunRecordCallback())  # every checkpoint-<step>/ says which run wrote it
     trainer.train(resume_from_checkpoint=resume_from)
-    save_final_model(trainer, model_args, tokenizer)
+    save_final_model(trainer, tokenizer)
     logger.info("done: %s", args.output_dir)
     finish_distributed(trainer, then=lambda: merge_final_model(model_args, args.output_dir, tokenizer))

@@ -32,25 +32,22 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import random
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import torch
 import transformers
 
+from fwdrev.cli import run_cli
 from fwdrev.data import load_preference_data
-from fwdrev.modeling import load_causal_lm, load_tokenizer, make_lora_config
-from fwdrev.synthetic import (
+from fwdrev.devtools.bench import BYTES_PER_GB, machine_facts, markdown_table, peak_rss_bytes, run_json_worker
+from fwdrev.devtools.synthetic import (
     forward_question,
     forward_thinking,
     generate_preference_rows,
@@ -58,13 +55,13 @@ from fwdrev.synthetic import (
     render_conversation,
     reverse_thinking,
 )
-from fwdrev.tiny_model import build_tiny_model, train_tokenizer
+from fwdrev.devtools.tiny_model import build_tiny_model, train_tokenizer
+from fwdrev.modeling import load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.tokenization import encode_examples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DPO_SCRIPT = REPO_ROOT / "dpo" / "combined_dpo.py"
 OURS, TRL = "ours", "trl"
-BYTES_PER_GB = 1024 ** 3
 MAX_LENGTH = 32768  # no truncation in either trainer
 LN2 = math.log(2)
 
@@ -241,8 +238,7 @@ def run_worker(args) -> dict:
     result = run_ours(args, workdir) if args.worker == OURS else run_trl(args, workdir)
     # load, tokenize, reference pass, train (and, in ours, save the adapter as the CLI does)
     result["end_to_end_seconds"] = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["peak_rss_bytes"] = peak if sys.platform == "darwin" else peak * 1024  # Linux: kB
+    result["peak_rss_bytes"] = peak_rss_bytes()
     result["threads"] = torch.get_num_threads()
     return result
 
@@ -261,11 +257,7 @@ def run_in_subprocess(args, method: str, workdir: Path, round_index: int) -> dic
                "--lora_r", str(args.lora_r), "--lora_alpha", str(args.lora_alpha),
                "--learning_rate", str(args.learning_rate), "--beta", str(args.beta), "--seed", str(args.seed)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    if completed.returncode != 0:
-        error = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "no output"
-        return {"error": f"exit {completed.returncode}: {error}", "log_tail": completed.stderr[-4000:]}
-    return json.loads(result_file.read_text())
+    return run_json_worker(command, result_file, env=env, cwd=REPO_ROOT)
 
 
 def summarize(method: str, runs: list[dict]) -> dict:
@@ -320,20 +312,19 @@ def method_label(row: dict) -> str:
 
 
 def format_table(rows: list[dict], first: int = 3) -> str:
-    lines = ["| method | steps | tokens/s (wall) | tokens per CPU s | step s (wall) | step CPU s | end-to-end s "
-             f"| peak RSS GB | first {first} losses |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    columns = ["method", "steps", "tokens/s (wall)", "tokens per CPU s", "step s (wall)", "step CPU s",
+               "end-to-end s", "peak RSS GB", f"first {first} losses"]
+    table_rows = []
     for row in rows:
         if "error" in row:
-            lines.append(f"| {method_label(row)} | unavailable: {row['error']} | | | | | | | |")
+            table_rows.append([method_label(row), f"unavailable: {row['error']}"] + [""] * 7)
             continue
         losses = ", ".join(f"{loss:.4f}" for loss in row["losses"][:first])
-        lines.append(f"| {method_label(row)} | {row['steps']} | {row['tokens_per_s']:,.0f} "
-                     f"| {row['tokens_per_cpu_s']:,.0f} "
-                     f"| {row['step_seconds']:.2f} | {row['step_cpu_seconds']:.2f} "
-                     f"| {row['end_to_end_seconds']:.1f} "
-                     f"| {row['peak_rss_gb']:.2f} | {losses} |")
-    return "\n".join(lines)
+        table_rows.append([method_label(row), row["steps"], f"{row['tokens_per_s']:,.0f}",
+                           f"{row['tokens_per_cpu_s']:,.0f}", f"{row['step_seconds']:.2f}",
+                           f"{row['step_cpu_seconds']:.2f}", f"{row['end_to_end_seconds']:.1f}",
+                           f"{row['peak_rss_gb']:.2f}", losses])
+    return markdown_table(columns, "lrrrrrrrl", table_rows)
 
 
 def comparison_lines(rows: list[dict]) -> list[str]:
@@ -359,12 +350,6 @@ def comparison_lines(rows: list[dict]) -> list[str]:
             f"identical token ids: {trl['same_token_ids']}",
         ]
     return lines
-
-
-def machine_facts(threads: int | None) -> str:
-    return (f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} torch threads, "
-            f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / BYTES_PER_GB:.0f} GB RAM, "
-            f"{platform.machine()}, Python {platform.python_version()}")
 
 
 def main(argv=None) -> None:
@@ -393,4 +378,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,11 +24,11 @@ import time
 
 import torch
 
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import render_prompt
 from fwdrev.evaluation.forcing import StepRequest
 from fwdrev.evaluation.hf_backend import HFBackend
 from fwdrev.io import write_json
-from fwdrev.modeling import load_for_scoring
 
 QUESTIONS = ["Take 14. Increase it by 5, then multiply it by 3.", "What is 3 + 4?",
              "Start with 2. Multiply it by 9, then add 1, then subtract 4. What is the result?",
@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = args.model_path
         if path is None:
-            from fwdrev.tiny_model import build_and_save_qwen25
+            from fwdrev.devtools.tiny_model import build_and_save_qwen25
 
             build_and_save_qwen25(folder, seed=0)
             path = folder
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
             wall, cpu, outputs[name] = timed(HFBackend(model, tokenizer, batch_size=batch), requests)
             runs[name].append((wall, cpu))
     tokens = sum(len(o.token_ids) for o in outputs["batched"])
-    result = {"model": args.model_path or "tiny, 152,064-row vocabulary (fwdrev.tiny_model.build_and_save_qwen25)",
+    result = {"model": args.model_path or "tiny, 152,064-row vocabulary (devtools.tiny_model.build_and_save_qwen25)",
               "vocab_size": model.config.vocab_size, "requests": len(requests), "new_tokens": args.new_tokens,
               "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
               "same_tokens": outputs["batched"] == outputs["one_at_a_time"]}

@@ -30,11 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,10 +40,11 @@ from pathlib import Path
 import psutil
 import torch
 
+from fwdrev.cli import run_cli
+from fwdrev.devtools.bench import BYTES_PER_GB, machine_facts, markdown_table, peak_rss_bytes, run_json_worker
 from fwdrev.logprobs import label_logprobs
 
 FULL, LOOP, CHUNKED = "full_logits", "per_token_loop", "chunked"
-BYTES_PER_GB = 1024 ** 3
 LOOP_POSITIONS_FORWARD, LOOP_POSITIONS_BACKWARD = 256, 8
 
 
@@ -158,11 +156,6 @@ def current_rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports kB, macOS bytes
-
-
 def run_worker(args) -> dict:
     """Time one run of ``args.worker`` in this fresh process; return its figures."""
     if args.threads:
@@ -203,10 +196,10 @@ def worker_command(args, method: str, result_file: str) -> list[str]:
 
 def run_in_subprocess(args, method: str, workdir: str) -> dict:
     result_file = os.path.join(workdir, f"{method}.json")
-    completed = subprocess.run(worker_command(args, method, result_file), capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{method} failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}")
-    return json.loads(Path(result_file).read_text())
+    result = run_json_worker(worker_command(args, method, result_file), result_file)
+    if "error" in result:
+        raise RuntimeError(f"{method} failed ({result['error']}):\n{result['log_tail']}")
+    return result
 
 
 def run_rounds(args) -> list[dict]:
@@ -264,16 +257,15 @@ def short_number(value: float) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| method | peak RSS increase (GB) | time (s, median) | tokens/s | max abs diff vs full "
-             "| memory vs full | speed vs full |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    columns = ["method", "peak RSS increase (GB)", "time (s, median)", "tokens/s", "max abs diff vs full",
+               "memory vs full", "speed vs full"]
+    table_rows = []
     for row in rows:
         marks = (" *" if row["extrapolated"] else "") + (" †" if row["peak_masked"] else "")
-        lines.append(
-            f"| {row['method']}{marks} | {row['peak_rss_increase_gb']:.3f} | {row['seconds']:.3f} "
-            f"| {short_number(row['tokens_per_s'])} | {row['max_abs_diff']:.2e} | {row['memory_vs_full']:.3f}x "
-            f"| {short_number(row['speedup_vs_full'])}x |")
-    return "\n".join(lines)
+        table_rows.append([f"{row['method']}{marks}", f"{row['peak_rss_increase_gb']:.3f}", f"{row['seconds']:.3f}",
+                           short_number(row["tokens_per_s"]), f"{row['max_abs_diff']:.2e}",
+                           f"{row['memory_vs_full']:.3f}x", f"{short_number(row['speedup_vs_full'])}x"])
+    return markdown_table(columns, "lrrrrrr", table_rows)
 
 
 def footnotes(rows: list[dict], args) -> list[str]:
@@ -288,12 +280,6 @@ def footnotes(rows: list[dict], args) -> list[str]:
             notes.append(f"† {row['method']}: peak below the process's earlier high-water mark; "
                          "the increase shown is an upper bound.")
     return notes
-
-
-def machine_facts(threads: int) -> str:
-    return (f"torch {torch.__version__}, {threads} torch threads, {os.cpu_count()} CPUs, "
-            f"{psutil.virtual_memory().total / BYTES_PER_GB:.0f} GB RAM, "
-            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
 
 
 def run_benchmark(args) -> tuple[list[dict], int]:
@@ -342,4 +328,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -48,9 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_benchmark(args) -> tuple[dict[str, float], dict]:
     """Median seconds per method, and facts about the run (rows, tokens, vocabulary)."""
+    from fwdrev.checkpoints import load_for_scoring
     from fwdrev.data import load_preference_data
     from fwdrev.logprobs import chunk_size_for_budget
-    from fwdrev.modeling import load_for_scoring
     from fwdrev.response_probes import parse_probe_kinds, probe_pairs, probe_responses
     from fwdrev.scoring import CPU_CHUNK_MB, score_pairs
     from fwdrev.token_dynamics import TokenCollector

@@ -32,11 +32,12 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from fwdrev.cli import run_cli
+from fwdrev.devtools.bench import BYTES_PER_GB, markdown_table, measured_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANALYSIS_SCRIPT = REPO_ROOT / "analysis" / "analyze_dpo_model.py"
@@ -44,7 +45,6 @@ ANALYSIS_SCRIPT = REPO_ROOT / "analysis" / "analyze_dpo_model.py"
 SAMPLE = str(REPO_ROOT.parent / "shared" / "data" / "data-100samples.parquet")
 ANALYSIS, ORIGINAL, FIRST, BUDGET, CHUNK = "analysis", "original", "analysis_first", "analysis_mb", "analysis_chunk"
 SIDES = ("chosen", "rejected")
-BYTES_PER_GB = 1024 ** 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,6 +72,7 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fwdrev.data import load_preference_data
+    from fwdrev.data_arguments import DEFAULT_MAX_LENGTH
     from fwdrev.scoring import scoring_dtype
     from fwdrev.tokenization import default_max_prompt_length, encode_examples
 
@@ -79,7 +80,8 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=scoring_dtype(device)).to(device).eval()
     data = load_preference_data(dataset_path, tokenizer=tokenizer)  # the analysis's defaults
-    pairs = encode_examples(tokenizer, data.examples, 20000, default_max_prompt_length(20000), data.report)
+    pairs = encode_examples(tokenizer, data.examples, DEFAULT_MAX_LENGTH, default_max_prompt_length(DEFAULT_MAX_LENGTH),
+                            data.report)
     rows = []
     for pair in pairs:
         row = {"example_id": pair.example_id}
@@ -97,24 +99,6 @@ def original_method(model_path: str, dataset_path: str, max_tokens: int) -> list
                         f"{side}_logp_mean_first_k": statistics.fmean(values[:max_tokens])})
         rows.append(row)
     return rows
-
-
-# ---- one measured process ----------------------------------------------------------------------
-def measured_run(command: list[str], log_path: Path) -> dict:
-    """Run ``command``; its wall seconds and its own peak RSS (that child's ru_maxrss)."""
-    load_before = os.getloadavg()[0]
-    with open(log_path, "w") as log:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} failed (exit {process.returncode}):\n"
-                           f"{log_path.read_text()[-4000:]}")
-    peak = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
-    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": peak,
-            "load": max(load_before, os.getloadavg()[0])}
 
 
 def method_command(args, method: str, dataset: Path, workdir: Path) -> list[str]:
@@ -189,7 +173,7 @@ def run_benchmark(args) -> tuple[list[dict], dict]:
         for _ in range(args.repeats):
             for method in methods:
                 runs[method].append(measured_run(method_command(args, method, dataset, workdir),
-                                                 workdir / f"{method}.log"))
+                                                 workdir / f"{method}.log", cwd=REPO_ROOT))
         notes = comparisons(methods, workdir)
         first = method_scores(methods[0], workdir)
         tokens = int(sum(first[f"{side}_num_tokens"].sum() for side in SIDES))
@@ -210,17 +194,15 @@ def comparison_text(comparison: dict | None) -> str:
 
 def format_table(rows: list[dict]) -> str:
     reference = next((row for row in rows if row["method"] == ORIGINAL), rows[0])
-    lines = ["| process | wall s (median) | runs (s) | CPU s (median) | peak RSS (GB) | wall vs {0} "
-             "| CPU vs {0} | memory vs {0} | max rel. diff | 1-min load |".format(reference["method"]),
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
-    for row in rows:
-        lines.append(f"| {row['method']} | {row['seconds']:.1f} | {', '.join(f'{s:.1f}' for s in row['all_seconds'])} "
-                     f"| {row['cpu_seconds']:.1f} | {row['peak_rss_gb']:.3f} "
-                     f"| {row['seconds'] / reference['seconds']:.2f}x "
-                     f"| {row['cpu_seconds'] / reference['cpu_seconds']:.2f}x "
-                     f"| {row['peak_rss_gb'] / reference['peak_rss_gb']:.3f}x | {comparison_text(row['comparison'])} "
-                     f"| {row['load']:.1f} |")
-    return "\n".join(lines)
+    name = reference["method"]
+    columns = ["process", "wall s (median)", "runs (s)", "CPU s (median)", "peak RSS (GB)", f"wall vs {name}",
+               f"CPU vs {name}", f"memory vs {name}", "max rel. diff", "1-min load"]
+    return markdown_table(columns, "lrlrrrrrlr", [
+        [row["method"], f"{row['seconds']:.1f}", ", ".join(f"{s:.1f}" for s in row["all_seconds"]),
+         f"{row['cpu_seconds']:.1f}", f"{row['peak_rss_gb']:.3f}", f"{row['seconds'] / reference['seconds']:.2f}x",
+         f"{row['cpu_seconds'] / reference['cpu_seconds']:.2f}x",
+         f"{row['peak_rss_gb'] / reference['peak_rss_gb']:.3f}x", comparison_text(row["comparison"]),
+         f"{row['load']:.1f}"] for row in rows])
 
 
 def main(argv=None) -> None:
@@ -237,4 +219,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

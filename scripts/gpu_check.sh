@@ -35,7 +35,8 @@ if [[ "${SHAPE}" == tiny ]]; then
     PROMPT_LENGTH=32
     LORA=(--lora_r 8 --lora_alpha 16)
 else
-    SEQ_LENGTHS="${SEQ_LENGTHS:-8192 20000}"
+    # 8,192 and the study's --max_length (fwdrev.data_arguments.DEFAULT_MAX_LENGTH, 20,000)
+    SEQ_LENGTHS="${SEQ_LENGTHS:-8192 $(python -c 'from fwdrev.data_arguments import DEFAULT_MAX_LENGTH as n; print(n)')}"
     PROMPT_LENGTH=256
     LORA=(--lora_r 256 --lora_alpha 512)
 fi
@@ -64,16 +65,16 @@ trap stop_sampler EXIT
 world_size=$((NUM_PROCS * NUM_NODES))
 echo "=== the ${SHAPE} model (random weights, built once: ${MODEL_DIR}) and synthetic rows"
 # shellcheck disable=SC2086  # SEQ_LENGTHS is a list
-run_logged "${CHECK_DIR}/prepare.log" python -m fwdrev.gpu_check prepare --shape "${SHAPE}" \
+run_logged "${CHECK_DIR}/prepare.log" python -m fwdrev.devtools.gpu_check prepare --shape "${SHAPE}" \
     --check_dir "${CHECK_DIR}" --lengths ${SEQ_LENGTHS} --world_size "${world_size}" \
-    --gpus "$([[ ${GPU_COUNT} -gt 0 ]] && echo "${world_size}" || echo 0)"
+    --sample_texts r1k.parquet --gpus "$([[ ${GPU_COUNT} -gt 0 ]] && echo "${world_size}" || echo 0)"
 
 check_dirs=()
 for seq_len in ${SEQ_LENGTHS}; do
     run_dir="${CHECK_DIR}/len${seq_len}"
     rm -rf "${run_dir}/dpo" "${run_dir}/analysis" "${run_dir}/memory.json"
     echo "=== (a) LoRA-DPO, 2 steps, ${seq_len} tokens per sequence, ${world_size} rank(s) (log: ${run_dir}/dpo.log)"
-    python -m fwdrev.gpu_check sample-memory --output "${run_dir}/memory.json" --pid $$ &
+    python -m fwdrev.devtools.gpu_check sample-memory --output "${run_dir}/memory.json" --pid $$ &
     sampler_pid=$!
     # shellcheck disable=SC2086  # PRECISION_ARGS is a flag list
     run_logged "${run_dir}/dpo.log" launch dpo/combined_dpo.py --model_name "${MODEL_DIR}" \
@@ -115,4 +116,4 @@ else
 fi
 
 echo "=== (c) results"
-python -m fwdrev.gpu_check report "${check_dirs[@]}" --peak_tflops "${GPU_PEAK_TFLOPS}"
+python -m fwdrev.devtools.gpu_check report "${check_dirs[@]}" --peak_tflops "${GPU_PEAK_TFLOPS}"

@@ -5,13 +5,14 @@ The two files shipped at the repo top level were made from the repo root with:
     python scripts/make_sample_data.py --num_rows 100 --seed 0 --output data-100samples.parquet
     python scripts/make_sample_data.py --num_rows 1000 --seed 0 --output r1k.parquet
 
-See fwdrev/synthetic.py for the task and the row layout.
+See fwdrev/devtools/synthetic.py for the task and the row layout.
 """
 
 import argparse
 
+from fwdrev.cli import run_cli
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.io import write_table
-from fwdrev.synthetic import generate_preference_rows
 
 
 def main() -> None:
@@ -29,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

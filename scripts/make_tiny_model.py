@@ -17,9 +17,10 @@ import argparse
 
 import pandas as pd
 
-from fwdrev.cli import UsageError, run_cli
-from fwdrev.qwen_tokenizer import QwenRanksError
-from fwdrev.tiny_model import DEFAULT_SIZES, QWEN25_SIZES, build_and_save, build_and_save_qwen25
+from fwdrev.cli import run_cli
+from fwdrev.devtools.qwen_tokenizer import QwenRanksError
+from fwdrev.devtools.tiny_model import DEFAULT_SIZES, QWEN25_SIZES, build_and_save, build_and_save_qwen25
+from fwdrev.errors import UsageError
 
 
 def main() -> None:

@@ -23,12 +23,14 @@ question column + a plain response column, rendered with the chat template). Eve
 data_report.json, and merged/ with --merge_weights.
 """
 
+from pathlib import Path
+
 from fwdrev.cli import run_cli
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.sft import EpochCheckpointCallback, SFTArguments, SFTCollator, SFTDataArguments, SFTTrainer
 from fwdrev.tokenization import PairDataset
 from fwdrev.training import (
     MetricsCSVCallback,
-    ModelArguments,
     load_policy,
     prepare_run_data,
     start_run,
@@ -47,11 +49,13 @@ SFT_DEFAULTS = dict(
     save_only_model=False,
 )
 DEFAULT_RECIPE = "s1"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # this checkout's recipes/
 
 
 def main(argv=None):
     model_args, data_args, args, tokenizer = start_run(
-        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv, "sft", DEFAULT_RECIPE)
+        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv, "sft", DEFAULT_RECIPE,
+        RECIPES_DIR)
     data, train_rows, eval_rows = prepare_run_data(model_args, data_args, args, tokenizer, with_rejected=False)
 
     callbacks = [MetricsCSVCallback()]

@@ -34,7 +34,7 @@ def shared_sample_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2 model + tokenizer built once per session (tokenizer trained on the shipped r1k.parquet)."""
-    from fwdrev.tiny_model import build_and_save
+    from fwdrev.devtools.tiny_model import build_and_save
 
     frame = pd.read_parquet(REPO_ROOT / "r1k.parquet", columns=["text", "worse-text"])
     output_dir = tmp_path_factory.mktemp("tiny-qwen")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PAPER_CSV = REPO_ROOT / "visualization" / "paper_figure_values.csv"  # the published values
 
 
 def script_env(**extra) -> dict:

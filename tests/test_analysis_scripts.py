@@ -13,9 +13,10 @@ import torch
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
 from fwdrev.checkpoints import discover_checkpoints
+from fwdrev.devtools.synthetic import generate_preference_rows
+from fwdrev.errors import UsageError
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
-from fwdrev.scoring import META_COLUMNS, REWARD_COLUMNS, SCORE_COLUMNS
-from fwdrev.synthetic import generate_preference_rows
+from fwdrev.score_summaries import META_COLUMNS, REWARD_COLUMNS, SCORE_COLUMNS
 
 NUM_ROWS = 12
 SCORE_TOLERANCE = dict(check_exact=False, rtol=1e-5, atol=1e-3)  # float32 sums of ~100 tokens
@@ -269,6 +270,10 @@ def test_launchers_pass_max_prompt_length_only_when_set(launcher, tmp_path):
         args = (tmp_path / "args").read_text()
         assert "--max_length 512" in args
         assert ("--max_prompt_length" in args) == bool(expected) and (expected or "") in args
+    (tmp_path / "args").unlink()
+    result = subprocess.run(["bash", launcher], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                            env=script_env(**env, MAX_LENGTH="", MAX_PROMPT_LENGTH=""))
+    assert result.returncode == 0 and "--max_length" not in (tmp_path / "args").read_text()  # the scripts' default
 
 
 def test_launchers_check_their_inputs(tmp_path):
@@ -343,7 +348,7 @@ def test_dynamics_resume_scores_only_the_missing_checkpoints(sft_dynamics, runs,
     dynamics(runs, tiny_model_dir, tmp_path, "--include_base")  # nothing left to do
     assert_mentions(capsys.readouterr().out, "4 of 4", "[]")
     assert len(pd.read_parquet(tmp_path / "all.parquet")) == 4 * NUM_ROWS
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(UsageError, match="other settings"):
         dynamics(runs, tiny_model_dir, tmp_path, "--max_tokens", "3")
 
 

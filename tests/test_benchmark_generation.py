@@ -6,11 +6,11 @@ import types
 import pytest
 import torch
 
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import render_prompt
 from fwdrev.evaluation.forcing import ForcingConfig, StepRequest, generate_all
 from fwdrev.evaluation.hf_backend import HFBackend
 from fwdrev.evaluation.vllm_backend import VLLMBackend
-from fwdrev.modeling import load_for_scoring
 
 QUESTIONS = ["Take 14. Increase it by 5.", "What is 3 + 4?", "Start with 2. Multiply it by 9, then add 1."]
 

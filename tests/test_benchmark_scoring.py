@@ -4,7 +4,7 @@
 import pytest
 from helpers import load_script
 
-from fwdrev.synthetic import generate_preference_rows
+from fwdrev.devtools.synthetic import generate_preference_rows
 
 benchmark_scoring = load_script("scripts", "benchmark_scoring")
 benchmark_logprobs = load_script("scripts", "benchmark_logprobs")

@@ -6,7 +6,7 @@ import dataclasses
 from helpers import load_script
 
 from fwdrev.data_arguments import LENGTH_FLAGS, ROW_FLAGS, DataArguments, add_data_flags
-from fwdrev.scoring import add_scoring_arguments
+from fwdrev.scoring_cli import add_scoring_arguments
 
 FIELDS = {f.name: f for f in dataclasses.fields(DataArguments)}
 

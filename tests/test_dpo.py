@@ -16,9 +16,10 @@ from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.dpo_trainer import DPOArguments
 from fwdrev.logprobs import sequence_logprobs
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.tokenization import collate_pairs, encode_examples
-from fwdrev.training import ModelArguments, parse_arguments
+from fwdrev.training import parse_arguments
 
 SCRIPT = str(REPO_ROOT / "dpo" / "combined_dpo.py")
 SAMPLE = str(REPO_ROOT / "data-100samples.parquet")
@@ -75,7 +76,7 @@ def test_every_flag_reaches_the_arguments():
 def test_default_recipe_is_lora_dpo():
     model, _, args = parse_arguments((ModelArguments, DataArguments, DPOArguments), {},
                                      ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o"],
-                                     stage="dpo", default_recipe="lora")
+                                     stage="dpo", default_recipe="lora", recipes_dir=REPO_ROOT / "recipes")
     assert model.use_lora and (model.lora_r, model.lora_alpha, model.lora_dropout) == (256, 512, 0.05)
     assert args.loss_type == "sigmoid" and args.precompute_ref_log_probs and args.ref_batch_size is None
     assert (args.learning_rate, args.max_steps, args.save_steps, args.beta) == (5e-6, 50, 7, 0.1)

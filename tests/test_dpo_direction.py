@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from fwdrev.data import load_preference_data
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.reference import ReferenceMode
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import PairDataset, encode_examples
 
 BETA = 0.1

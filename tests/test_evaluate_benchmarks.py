@@ -9,9 +9,9 @@ import pytest
 from helpers import REPO_ROOT, load_script, script_env
 
 from fwdrev.cli import run_cli
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.evaluation import forcing
 from fwdrev.evaluation.records import read_records
-from fwdrev.synthetic import generate_preference_rows
 
 evaluate_benchmarks = load_script("analysis", "evaluate_benchmarks")
 SCRIPT = REPO_ROOT / "analysis" / "evaluate_benchmarks.py"

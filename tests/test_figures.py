@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from helpers import PAPER_CSV  # noqa: E402
 
 from fwdrev import dynamics_tables, paper_figure, result_tables  # noqa: E402
 from fwdrev.figures import paper_style, series_label  # noqa: E402
@@ -163,7 +164,7 @@ PUBLISHED = {
 
 def test_paper_figure_plots_the_published_values():
     with paper_style():
-        result = paper_figure.plot_paper_figure(result_tables.load_paper_values())
+        result = paper_figure.plot_paper_figure(result_tables.load_paper_values(PAPER_CSV))
     ax_a, ax_b, ax_c = result.axes
     n_sft = 6
     panels = [[("ff", "sft", s) for s in ("y+", "y-")] + [("rr", "sft", s) for s in ("y+", "y-")],
@@ -200,7 +201,7 @@ def test_paper_figure_plots_the_published_values():
 
 
 def test_paper_csv_marks_the_one_derived_value():
-    csv = pd.read_csv(result_tables.PAPER_CSV)
+    csv = pd.read_csv(PAPER_CSV)
     assert csv["derived"].dtype == bool
     derived = csv[csv["derived"]]
     assert derived[result_tables.TIDY_COLUMNS].values.tolist() == [["m", "m", "dpo", 7, "delta", 0.093]]
@@ -209,14 +210,14 @@ def test_paper_csv_marks_the_one_derived_value():
 
 def test_paper_csv_published_rows_equal_the_shared_copy(shared_sample_path):
     shared = pd.read_csv(shared_sample_path.parent / "paper_figure_values.csv")  # the published table
-    ours = pd.read_csv(result_tables.PAPER_CSV)
+    ours = pd.read_csv(PAPER_CSV)
     pd.testing.assert_frame_equal(ours[~ours["derived"]].drop(columns="derived").reset_index(drop=True), shared)
 
 
 @pytest.mark.parametrize("source", ["paper", "uneven DPO steps"])
 def test_paper_figure_layout_has_no_overlaps(source, tmp_path):
     if source == "paper":
-        series = result_tables.load_paper_values()
+        series = result_tables.load_paper_values(PAPER_CSV)
     else:  # DPO steps 49 and 50 sit 1/7 apart: their labels must not overprint
         _uneven_dpo_results(tmp_path)
         series = result_tables.series_from_results_dir(tmp_path)
@@ -275,7 +276,7 @@ def test_results_dir_cli_renders_and_reports_missing_dpo(tmp_path):
 
 
 def test_paper_figure_without_dpo_has_no_divider_and_uses_given_options():
-    series = result_tables.load_paper_values().query("stage == 'sft'")
+    series = result_tables.load_paper_values(PAPER_CSV).query("stage == 'sft'")
     result = paper_figure.plot_paper_figure(series, focus=(0.0, 0.2), share=0.4, ylim_c=(-2, 2),
                                             colors={"ff": "#000000"})
     ax_a, ax_b, ax_c = result.axes
@@ -341,7 +342,7 @@ def test_base_model_epoch_0_is_drawn_inside_every_panel():
 
 
 def test_series_csv_cli_computes_missing_delta(tmp_path):
-    rows = result_tables.load_paper_values().query("series != 'delta'")
+    rows = result_tables.load_paper_values(PAPER_CSV).query("series != 'delta'")
     rows.to_csv(tmp_path / "series.csv", index=False)
     proc = _run(PAPER_SCRIPT, "--series_csv", tmp_path / "series.csv", "--output_stem", tmp_path / "s",
                 "--colors", "mm=#123456", "--markers", "y+=D", "--dpi", "150")
@@ -465,7 +466,7 @@ def test_dynamics_title_names_the_run_and_stage(tmp_path):
 
 def test_visualize_cli_fails_clearly_on_an_empty_folder(tmp_path):
     proc = _run(DYN_SCRIPT, "--results_dir", tmp_path)
-    assert proc.returncode == 1 and "no analysis tables" in proc.stderr
+    assert proc.returncode == 2 and "no analysis tables" in proc.stderr
 
 
 def test_table_without_delta_or_peak_columns_still_plots():

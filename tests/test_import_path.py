@@ -6,7 +6,8 @@ import sys
 import pytest
 from helpers import REPO_ROOT, script_env
 
-from fwdrev.cli import UsageError, check_same_checkout
+from fwdrev.cli import check_same_checkout
+from fwdrev.errors import UsageError
 
 SCRIPT_FOLDERS = ("analysis", "dpo", "scripts", "visualization")
 TEST_ENVIRONMENT = (REPO_ROOT / "tests" / "helpers.py", REPO_ROOT / "tests" / "conftest.py")

@@ -8,11 +8,14 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO_ROOT, assert_mentions, load_script, script_env
+from helpers import PAPER_CSV, REPO_ROOT, assert_mentions, load_script, script_env
 
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import DataValidationError
-from fwdrev.modeling import load_for_scoring
-from fwdrev.scoring import SCORE_COLUMNS, add_scoring_arguments, load_scoring_pairs, parse_scoring_args, score_pairs
+from fwdrev.errors import UsageError
+from fwdrev.score_summaries import SCORE_COLUMNS
+from fwdrev.scoring import score_pairs
+from fwdrev.scoring_cli import add_scoring_arguments, load_scoring_pairs, parse_scoring_args
 
 SAMPLE_ROWS = [0, 1, 50, 51]  # two 'original' and two 'flipped' rows of the real sample
 TOLERANCE = 1e-5
@@ -118,14 +121,14 @@ def test_training_dynamics_refuses_to_resume_with_another_scoring(tiny_model_dir
     (tmp_path / "out").mkdir()
     dynamics.check_settings(dynamics.parse_args(flags), "sft", tmp_path / "out", is_main=True)
     assert json.loads((tmp_path / "out" / "scoring_settings.json").read_text())["scoring"] == "response"
-    with pytest.raises(SystemExit, match="'scoring': \\('response', 'original'\\)"):
+    with pytest.raises(UsageError, match="'scoring': \\('response', 'original'\\)"):
         dynamics.check_settings(dynamics.parse_args(flags + ["--scoring", "original"]), "sft",
                                 tmp_path / "out", is_main=True)
     # a run from before --scoring existed was scored with 'response': it resumes as such
     settings = tmp_path / "out" / "scoring_settings.json"
     settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "scoring"}))
     dynamics.check_settings(dynamics.parse_args(flags), "sft", tmp_path / "out", is_main=True)
-    with pytest.raises(SystemExit, match="'scoring': \\('response', 'original'\\)"):
+    with pytest.raises(UsageError, match="'scoring': \\('response', 'original'\\)"):
         dynamics.check_settings(dynamics.parse_args(flags + ["--scoring", "original"]), "sft",
                                 tmp_path / "out", is_main=True)
     old_columns = [c for c in SCORE_COLUMNS if c != "scoring"]
@@ -136,7 +139,7 @@ def test_training_dynamics_refuses_to_resume_with_another_scoring(tiny_model_dir
 
 def test_paper_figure_refuses_to_mix_scorings(tmp_path):
     plot = load_script("visualization", "plot_with_wider_middle")
-    paper = plot.result_tables.load_paper_values()
+    paper = plot.result_tables.load_paper_values(PAPER_CSV)
     series = tmp_path / "series.csv"
     paper.assign(scoring=["original"] * (len(paper) - 1) + ["response"]).to_csv(series, index=False)
     command = [sys.executable, "visualization/plot_with_wider_middle.py", "--series_csv", str(series),
@@ -158,6 +161,5 @@ def test_paper_figure_refuses_to_mix_scorings(tmp_path):
     pd.DataFrame({"chosen_logp_mean": [0.0]}).to_csv(tmp_path / "results" / "m" / "dpo" / "all.csv", index=False)
     scorings = plot.input_scorings(plot.parse_args(["--results_dir", str(tmp_path / "results")]))
     assert scorings == {str(folder / "all.csv"): {"original"}, str(tmp_path / "results/m/dpo/all.csv"): {"response"}}
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(UsageError, match="--allow_mixed_scoring"):  # run_cli: exit 2
         plot.check_scorings(scorings, allow_mixed=False)
-    assert stop.value.code == 2

@@ -12,8 +12,8 @@ import torch
 import transformers
 from helpers import REPO_ROOT, script_env
 
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.logprobs import sequence_logprobs
-from fwdrev.synthetic import generate_preference_rows
 
 SMALL = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, tie_word_embeddings=False)

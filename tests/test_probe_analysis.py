@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import load_script
 
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.modeling import add_lora, load_causal_lm, make_lora_config
-from fwdrev.synthetic import generate_preference_rows
 
 analyze_training_dynamics = load_script("analysis", "analyze_training_dynamics")
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")

@@ -8,9 +8,9 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from fwdrev.data import load_preference_data
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.modeling import load_causal_lm, load_tokenizer
 from fwdrev.probes import DYNAMICS_COLUMNS, build_probe_callback, select_probe_pairs
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples, pad_sequences, prompt_response_sequence
 
 PROBE_EVERY, MAX_STEPS = 2, 4

@@ -13,13 +13,15 @@ import pytest
 import torch
 from helpers import REPO_ROOT, assert_mentions, load_script, script_env
 
-from fwdrev.cli import UsageError
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data_arguments import DataArguments
+from fwdrev.devtools.synthetic import generate_preference_rows
+from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
-from fwdrev.modeling import add_lora, load_causal_lm, load_for_scoring, load_tokenizer, make_lora_config
+from fwdrev.model_arguments import ModelArguments
+from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.provenance import recorded_adapter_base, run_folder_of, training_records
-from fwdrev.synthetic import generate_preference_rows
-from fwdrev.training import ModelArguments, prepare_training_data, write_run_config_and_data_report
+from fwdrev.training import prepare_training_data, write_run_config_and_data_report
 
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")
 analyze_training_dynamics = load_script("analysis", "analyze_training_dynamics")

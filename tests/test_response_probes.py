@@ -8,6 +8,7 @@ import pytest
 
 from fwdrev.cli import UsageError
 from fwdrev.data import IM_END, load_preference_data
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.modeling import load_tokenizer
 from fwdrev.response_probes import (
     TrainRows,
@@ -17,7 +18,6 @@ from fwdrev.response_probes import (
     probe_responses,
     scored_problem_keys,
 )
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples
 
 

@@ -10,10 +10,12 @@ import torch
 from helpers import REPO_ROOT, assert_mentions, run_command, script_env, training_command
 
 import fwdrev.cli
-from fwdrev.cli import UsageError, run_cli
+from fwdrev.cli import run_cli
+from fwdrev.errors import UsageError
+from fwdrev.model_arguments import ModelArguments
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
 from fwdrev.run_folder import check_output_dir
-from fwdrev.training import ModelArguments, finish_distributed, merge_final_model
+from fwdrev.training import finish_distributed, merge_final_model
 
 SAMPLE = str(REPO_ROOT / "data-100samples.parquet")
 SMALL_RUN = ["--max_length", "256", "--max_prompt_length", "128", "--lora_r", "4", "--lora_alpha", "8",

@@ -24,13 +24,13 @@ from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data
 from fwdrev.data_arguments import DataArguments
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.fingerprint import model_fingerprint
 from fwdrev.modeling import load_causal_lm, load_tokenizer
 from fwdrev.problems import normalized_id
 from fwdrev.provenance import train_overlap
 from fwdrev.run_identity import decide_run_id, new_run_id, resolve_resume_checkpoint, run_id_of, write_record
-from fwdrev.scoring import add_reward_columns
-from fwdrev.synthetic import generate_preference_rows
+from fwdrev.score_summaries import add_reward_columns
 from fwdrev.training import ModelArguments, prepare_training_data, write_run_config_and_data_report
 
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from fwdrev import data as data_module
+from fwdrev.devtools.synthetic import ASSISTANT_HEADER, generate_preference_rows
 from fwdrev.io import write_table
-from fwdrev.synthetic import ASSISTANT_HEADER, generate_preference_rows
 
 STRING_COLUMNS = ["sample_type", "question", "relevant-question", "solution", "text", "worse-text"]
 USER_TURN = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from helpers import REPO_ROOT, load_script, script_env
 
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import load_preference_data
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.logprobs import chunk_size_for_budget
-from fwdrev.modeling import load_for_scoring
 from fwdrev.scoring import score_pairs, scoring_chunk_size
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples
 
 analyze_dpo_model = load_script("analysis", "analyze_dpo_model")

@@ -8,22 +8,21 @@ import pytest
 import torch
 
 from fwdrev.bootstrap import bootstrap_mean_ci
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import DataValidationError, load_preference_data
-from fwdrev.modeling import load_for_scoring
-from fwdrev.scoring import (
+from fwdrev.devtools.synthetic import generate_preference_rows
+from fwdrev.score_summaries import (
     REWARD_COLUMNS,
     SCORE_COLUMNS,
     add_group_ids,
     add_reward_columns,
     checkpoint_summary,
     problem_group_ids,
-    response_stats,
-    score_pairs,
     scores_table,
     summarize_scores,
 )
+from fwdrev.scoring import response_stats, score_pairs
 from fwdrev.sharding import Shard, gather_table
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.tokenization import encode_examples
 
 

@@ -9,14 +9,15 @@ import pytest
 import torch
 from helpers import REPO_ROOT, assert_mentions, load_script, run_command, script_env, training_command
 
-from fwdrev.checkpoints import discover_checkpoints
+from fwdrev.checkpoints import discover_checkpoints, load_for_scoring
 from fwdrev.cli import run_cli
 from fwdrev.data import ASSISTANT_HEADER, DataValidationError, load_preference_data, render_prompt
-from fwdrev.modeling import load_for_scoring, load_tokenizer
+from fwdrev.model_arguments import ModelArguments
+from fwdrev.modeling import load_tokenizer
 from fwdrev.scoring import score_pairs
 from fwdrev.sft import SFTArguments, SFTCollator, SFTDataArguments
 from fwdrev.tokenization import IGNORE_INDEX, encode_examples
-from fwdrev.training import ModelArguments, parse_arguments
+from fwdrev.training import parse_arguments
 
 SCRIPT = str(REPO_ROOT / "scripts" / "sft.py")
 SAMPLE = REPO_ROOT / "data-100samples.parquet"
@@ -112,7 +113,8 @@ def test_default_recipe_is_s1s_and_response_field_alias():
     model, data, args = parse_arguments(
         (ModelArguments, SFTDataArguments, SFTArguments), sft_script().SFT_DEFAULTS,
         ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o", "--response_field", "worse-text"],
-        stage="sft", default_recipe=sft_script().DEFAULT_RECIPE)
+        stage="sft", default_recipe=sft_script().DEFAULT_RECIPE,
+        recipes_dir=sft_script().RECIPES_DIR)
     assert data.chosen_field == "worse-text" and data.eval_size == 0
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (1e-5, "cosine", 0.05)
     assert (args.weight_decay, args.adam_beta1, args.adam_beta2) == (1e-4, 0.9, 0.95)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from helpers import REPO_ROOT, assert_mentions, load_script  # noqa: E402
+from helpers import PAPER_CSV, REPO_ROOT, assert_mentions, load_script  # noqa: E402
 
 from fwdrev import paper_figure, result_tables  # noqa: E402
 
@@ -93,7 +93,7 @@ def test_paper_figure_draws_ci_bands_from_the_results(results_dir):
     assert ys.min() == pytest.approx(1.0) and ys.max() == pytest.approx(3.0)  # T_f CI [1, 3] at both epochs
     plt.close(result.fig)
     with pytest.raises(ValueError, match="ci_low"):
-        paper_figure.plot_paper_figure(result_tables.load_paper_values(), ci=True)
+        paper_figure.plot_paper_figure(result_tables.load_paper_values(PAPER_CSV), ci=True)
 
 
 def test_paper_cli_ci_flag(results_dir, tmp_path):
@@ -130,6 +130,7 @@ WRONG_Y_PLUS = re.compile(r"preferred forward|the forward (reasoning )?trace|for
 
 
 @pytest.mark.parametrize("path", ["README.md", "analysis/README.md", "visualization/README.md",
+                                  *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md")),
                                   "fwdrev/result_tables.py", "fwdrev/paper_figure.py",
                                   "visualization/plot_with_wider_middle.py",
                                   "analysis/summarize_results.py", "dpo/combined_dpo.py"])

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fwdrev.synthetic import ASSISTANT_HEADER
-from fwdrev.tiny_model import SPECIAL_TOKENS, build_tiny_model, train_tokenizer
+from fwdrev.devtools.synthetic import ASSISTANT_HEADER
+from fwdrev.devtools.tiny_model import SPECIAL_TOKENS, build_tiny_model, train_tokenizer
 
 SYSTEM = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
 

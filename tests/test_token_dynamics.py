@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import load_preference_data
+from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.logprobs import label_logprobs
-from fwdrev.modeling import load_for_scoring
 from fwdrev.scoring import score_pairs
-from fwdrev.synthetic import generate_preference_rows
 from fwdrev.token_dynamics import (
     TokenCollector,
     cumulative_preference,

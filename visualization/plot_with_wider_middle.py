@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -23,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fwdrev import figures, result_tables  # noqa: E402
+from fwdrev.cli import run_cli  # noqa: E402
+from fwdrev.errors import UsageError  # noqa: E402
 from fwdrev.paper_figure import plot_paper_figure  # noqa: E402
 
 CAPTION = (
@@ -38,6 +41,7 @@ CI_CAPTION = (r" Bands in (c): 95\% confidence intervals of the mean $\Delta$, f
 DERIVED_CAPTION = r" Open grey markers: values derived as $y^+ - y^-$, not published."
 
 
+PAPER_CSV = Path(__file__).resolve().parent / "paper_figure_values.csv"  # values of Deng et al.'s figure
 PAPER_SCORING = "original"  # the published values came from the original analysis's scoring
 
 
@@ -98,8 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_series(args):
     if args.paper:
-        print(f"values: {result_tables.PAPER_CSV} ({result_tables.PAPER_CITATION})")
-        return result_tables.load_paper_values()
+        print(f"values: {PAPER_CSV} ({result_tables.PAPER_CITATION})")
+        return result_tables.load_paper_values(PAPER_CSV)
     if args.series_csv:
         return result_tables.read_series_csv(args.series_csv)
     return result_tables.series_from_results_dir(args.results_dir, metric=args.metric, subset=args.subset,
@@ -133,10 +137,8 @@ def check_scorings(scorings: dict[str, set[str]], allow_mixed: bool) -> str | No
     every = sorted(set().union(*scorings.values()))
     if len(every) > 1 and not allow_mixed:
         listing = "; ".join(f"{source}: {', '.join(sorted(values))}" for source, values in scorings.items())
-        print(f"error: the inputs mix log-prob scorings ({listing}); values of different scorings "
-              "are not comparable: rescore with one --scoring, or pass --allow_mixed_scoring",
-              file=sys.stderr)
-        raise SystemExit(2)
+        raise UsageError(f"the inputs mix log-prob scorings ({listing}); values of different scorings "
+                         "are not comparable: rescore with one --scoring, or pass --allow_mixed_scoring")
     return "+".join(every) or None
 
 
@@ -148,9 +150,9 @@ def main(argv=None) -> list:
     try:
         series = load_series(args)
     except ValueError as err:  # e.g. --ci on tables without a problem key
-        sys.exit(f"error: {err}")
+        raise UsageError(str(err)) from None
     if series.empty:
-        sys.exit("no values to plot (check the input and --subset)")
+        raise UsageError("no values to plot (check the input and --subset)")
     with figures.paper_style(usetex=args.usetex):
         try:
             result = plot_paper_figure(
@@ -159,7 +161,7 @@ def main(argv=None) -> list:
                 colors=args.colors, markers=args.markers, ci=args.ci,
             )
         except ValueError as err:  # e.g. a focus outside --ylim_c, an unknown colour
-            sys.exit(f"error: {err}")
+            raise UsageError(str(err)) from None
         paths = figures.save_figure(result.fig, args.output_stem, dpi=args.dpi)
     plt.close(result.fig)
     caption = (CAPTION + (CI_CAPTION if args.ci else "") + (DERIVED_CAPTION if result.settings.get("derived") else "")
@@ -175,4 +177,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -25,7 +25,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import CenteredNorm  # noqa: E402
 
 from fwdrev import dynamics_tables, figures, result_tables  # noqa: E402
-from fwdrev.scoring import GROUP_COLUMN  # noqa: E402
+from fwdrev.cli import run_cli  # noqa: E402
+from fwdrev.errors import UsageError  # noqa: E402
+from fwdrev.score_summaries import GROUP_COLUMN  # noqa: E402
 
 SIDE_COLORS = {"chosen": "#1f5fa8", "rejected": "#c0392b"}
 SIDE_LABELS = {"chosen": "$y^+$", "rejected": "$y^-$"}
@@ -222,7 +224,7 @@ def main(argv=None) -> list[Path]:
     jobs = [(path, plot_table) for path in dynamics_tables.find_analysis_tables(root)]
     jobs += [(path, plot_dynamics) for path in dynamics_tables.find_dynamics_files(root)]
     if not jobs:
-        sys.exit(f"no analysis tables or dynamics.csv under {root}")
+        raise UsageError(f"no analysis tables or dynamics.csv under {root}")
     written = []
     with figures.paper_style():
         for path, plot in jobs:
@@ -244,4 +246,4 @@ def main(argv=None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
 AUTO = "auto"
 ANSWER_RESERVE = 100  # tokens 'auto' leaves for the answer (s1)

@@ -18,12 +18,13 @@ from fwdrev.checkpoints import (
     CheckpointModels,
     base_checkpoint,
     discover_checkpoints,
+    load_for_scoring,
     parse_epochs,
     series_base_model,
 )
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.evaluation.runner import ModelSpec
-from fwdrev.modeling import is_adapter_dir, load_for_scoring, load_tokenizer
+from fwdrev.modeling import is_adapter_dir, load_tokenizer
 
 
 def parse_model_paths(values: list[str]) -> list[ModelSpec]:

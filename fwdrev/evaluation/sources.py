@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fwdrev.cli import UsageError
 from fwdrev.data import read_table
 from fwdrev.data_checks import DataValidationError
+from fwdrev.errors import UsageError
 from fwdrev.evaluation.tasks import BENCHMARKS, Benchmark
 from fwdrev.fingerprint import file_sha256
 

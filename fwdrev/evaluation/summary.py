@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fwdrev.bootstrap import bootstrap_mean_ci
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 
 MODEL_COLUMNS = ["model", "checkpoint", "stage", "epoch", "step"]
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from fwdrev.cli import UsageError
 from fwdrev.data import load_preference_data, render_prompt
 from fwdrev.data_checks import DataValidationError
+from fwdrev.errors import UsageError
 from fwdrev.evaluation.grading import CHOICE_LETTERS, gold_answer
 
 MATH_TEMPLATE = (

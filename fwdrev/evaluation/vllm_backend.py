@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fwdrev.cli import UsageError
+from fwdrev.errors import UsageError
 from fwdrev.evaluation.forcing import StepOutput, StepRequest
 
 SETUP_COMMAND = "bash scripts/setup_env.sh eval"

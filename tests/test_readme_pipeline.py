@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from helpers import REPO_ROOT, run_command, script_env
 
-from fwdrev.synthetic import generate_preference_rows
+from fwdrev.devtools.synthetic import generate_preference_rows
 
 TRAINING_LAUNCHERS = ("scripts/sft.sh", "dpo/7b-train_multiple_base_models.sh")
 ANALYSIS_LAUNCHERS = ("analysis/run_complete_analysis.sh", "analysis/run_dpo_analysis.sh",
@@ -25,12 +25,12 @@ def test_launchers_train_on_the_train_split_and_score_the_test_split():
     for script in ANALYSIS_LAUNCHERS:
         assert default_data_paths(script) == ["./data/split/test.parquet"], script
     readme = (REPO_ROOT / "README.md").read_text()
-    sed_patterns = re.findall(r"sed -i 's#([^#]+)#", readme)
-    for script in TRAINING_LAUNCHERS + ANALYSIS_LAUNCHERS:  # the README's sed lines cover every default
+    sed_patterns = re.findall(r"sed -i 's#([^#]+)#", (REPO_ROOT / "docs" / "running.md").read_text())
+    for script in TRAINING_LAUNCHERS + ANALYSIS_LAUNCHERS:  # the docs' sed lines cover every default
         for path in re.findall(r"\./data/[\w./-]+", (REPO_ROOT / script).read_text()):
             assert any(path.startswith(pattern) for pattern in sed_patterns), (script, path)
     recipe = readme[readme.index("## Running the study on GPUs"):]
-    recipe = recipe[: recipe.index("### ")]
+    recipe = recipe[: recipe.index("\n## ", 1)]
     assert "--train_file_path ./data/split/train.parquet" in recipe
     assert "DATASET_PATH=./data/split/test.parquet" in recipe
     assert "DPO_BASE_MODEL" not in recipe  # the DPO adapters' own recorded base is the default

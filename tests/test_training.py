@@ -1,5 +1,5 @@
-"""Precision of training without DeepSpeed: fp32 trained weights under --bf16, an fp32 merge, and
-flash attention only in half precision."""
+"""fwdrev.training, what the training scripts share: precision without DeepSpeed (fp32 trained
+weights under --bf16, an fp32 merge, flash attention only in half precision) and the eval split."""
 
 import sys
 import types
@@ -10,12 +10,14 @@ import torch
 from helpers import REPO_ROOT, run_command, training_command
 from safetensors.torch import load_file
 
-from fwdrev.cli import UsageError
+from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import load_preference_data
-from fwdrev.modeling import load_for_scoring, load_tokenizer, pick_attn_implementation
+from fwdrev.errors import UsageError
+from fwdrev.model_arguments import ModelArguments
+from fwdrev.modeling import load_tokenizer, pick_attn_implementation
 from fwdrev.scoring import score_pairs
 from fwdrev.tokenization import encode_examples
-from fwdrev.training import ModelArguments, check_attention_precision, load_policy
+from fwdrev.training import check_attention_precision, load_policy, split_train_eval
 
 SAMPLE = str(REPO_ROOT / "data-100samples.parquet")
 # the paper's DPO learning rate: its updates are far below bf16's resolution of the weights
@@ -120,3 +122,12 @@ def test_flash_attention_falling_back_to_sdpa_runs_in_fp32(monkeypatch):
     with pytest.warns(UserWarning, match="SDPA"):
         check_attention_precision(ModelArguments(model_name="m", use_flash_attention=True), precision())
     pick_attn_implementation.cache_clear()
+
+
+def test_an_eval_split_larger_than_the_training_split_is_an_error():
+    items, groups = list(range(10)), [i // 2 for i in range(10)]  # 5 problems of 2 rows
+    train, held_out = split_train_eval(items, 4, seed=0, groups=groups)
+    assert len(held_out) == 4 and len(train) == 6
+    assert {groups[i] for i in held_out}.isdisjoint({groups[i] for i in train})  # whole problems
+    with pytest.raises(UsageError, match="would hold out 6 of 10 rows"):
+        split_train_eval(items, 6, seed=0, groups=groups)

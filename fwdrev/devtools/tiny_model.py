@@ -4,7 +4,7 @@ Everything is built offline: a byte-level BPE (Qwen2.5-style pre-tokenizer and
 special tokens) is trained on the project's own sample texts, then a small
 `Qwen2ForCausalLM` is initialised from a fixed seed. Used by tests and CPU
 quickstarts in place of a real checkpoint. ``build_and_save_qwen25`` instead puts
-the exact Qwen2.5 tokenizer (fwdrev/qwen_tokenizer.py) around a tiny model with
+the exact Qwen2.5 tokenizer (fwdrev/devtools/qwen_tokenizer.py) around a tiny model with
 Qwen2.5's 152,064-row vocabulary.
 """
 
@@ -18,7 +18,7 @@ import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-from fwdrev.synthetic import IM_END, IM_START, SYSTEM_PROMPT
+from fwdrev.devtools.synthetic import IM_END, IM_START, SYSTEM_PROMPT
 
 ENDOFTEXT, FIM_PAD = "<|endoftext|>", "<|fim_pad|>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END, FIM_PAD]
@@ -144,7 +144,7 @@ def build_and_save(output_dir: str, texts: Iterable[str], vocab_size: int = 2048
 
 def build_and_save_qwen25(output_dir: str, seed: int = 0, **sizes) -> None:
     """The exact Qwen2.5 tokenizer around a tiny model with Qwen2.5's 152,064 vocabulary rows."""
-    from fwdrev.qwen_tokenizer import QWEN25_VOCAB_ROWS, build_qwen25_tokenizer
+    from fwdrev.devtools.qwen_tokenizer import QWEN25_VOCAB_ROWS, build_qwen25_tokenizer
 
     tokenizer = build_qwen25_tokenizer()
     model = build_tiny_model(tokenizer, seed=seed, vocab_size=QWEN25_VOCAB_ROWS, **{**QWEN25_SIZES, **sizes})

@@ -1,10 +1,11 @@
 """Helpers of scripts/gpu_check.sh: a 7B-shaped model from a config, synthetic rows of a given
 length, a peak-memory sampler, and the report (peak memory, tokens/s, MFU).
 
-    python -m fwdrev.gpu_check prepare --shape 7b --check_dir DIR --lengths 8192 20000 --world_size 8 --gpus 8
+    python -m fwdrev.devtools.gpu_check prepare --shape 7b --check_dir DIR --lengths 8192 20000 --world_size 8 \
+        --gpus 8 --sample_texts r1k.parquet
         (DIR/model unless it exists; DIR/len<L>/data.parquet and meta.json per length)
-    python -m fwdrev.gpu_check sample-memory --output FILE      (until killed)
-    python -m fwdrev.gpu_check report RUN_DIR...
+    python -m fwdrev.devtools.gpu_check sample-memory --output FILE      (until killed)
+    python -m fwdrev.devtools.gpu_check report RUN_DIR...
 
 MFU = tokens/s x 6 x (trainable + frozen parameters) / (GPUs x peak bf16 FLOP/s per GPU): the
 usual 6-FLOPs-per-parameter-per-token convention, with neither attention FLOPs, the reference
@@ -33,17 +34,17 @@ QWEN25_7B = dict(vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_
                  num_key_value_heads=4, intermediate_size=18944, max_position_embeddings=32768,
                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
 DEFAULT_PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 (without sparsity)
-SAMPLE_TEXTS = Path(__file__).resolve().parents[1] / "r1k.parquet"
 
 
-def make_model(shape: str, output_dir: str) -> None:
-    """A random-init Qwen2 of ``shape`` ("tiny" or "7b") with the tiny byte-level tokenizer."""
+def make_model(shape: str, output_dir: str, sample_texts: str) -> None:
+    """A random-init Qwen2 of ``shape`` ("tiny" or "7b") with the tiny byte-level tokenizer
+    (trained on the text / worse-text columns of ``sample_texts``, e.g. r1k.parquet)."""
     import pandas as pd
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from fwdrev.tiny_model import build_tiny_model, train_tokenizer
+    from fwdrev.devtools.tiny_model import build_tiny_model, train_tokenizer
 
-    frame = pd.read_parquet(SAMPLE_TEXTS, columns=["text", "worse-text"])
+    frame = pd.read_parquet(sample_texts, columns=["text", "worse-text"])
     tokenizer = train_tokenizer(list(frame["text"]) + list(frame["worse-text"]))
     if shape == "tiny":
         model = build_tiny_model(tokenizer, seed=0)
@@ -84,12 +85,13 @@ def make_data(model_dir: str, tokens: int, rows: int, output: str, seed: int = 0
     print(f"{rows} synthetic pairs of > {tokens} tokens -> {output}")
 
 
-def prepare(shape: str, check_dir: str, lengths: list[int], world_size: int, gpus: int) -> None:
+def prepare(shape: str, check_dir: str, lengths: list[int], world_size: int, gpus: int,
+            sample_texts: str) -> None:
     """The model (unless built already) and, per length, 2 pairs per rank (2 steps x 1 pair)."""
     check_dir = Path(check_dir)
     model_dir = check_dir / "model"
     if not (model_dir / "config.json").is_file():
-        make_model(shape, str(model_dir))
+        make_model(shape, str(model_dir), sample_texts)
     for length in lengths:
         run_dir = check_dir / f"len{length}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +212,8 @@ def main(argv=None) -> int:
     setup.add_argument("--lengths", type=int, nargs="+", required=True)
     setup.add_argument("--world_size", type=int, required=True)
     setup.add_argument("--gpus", type=int, required=True)
+    setup.add_argument("--sample_texts", required=True, help="Parquet with text / worse-text columns "
+                       "(r1k.parquet) to train the tiny tokenizer on.")
     memory = commands.add_parser("sample-memory")
     memory.add_argument("--output", required=True)
     memory.add_argument("--pid", type=int, required=True, help="CPU: sum the RSS of this process tree")
@@ -218,7 +222,7 @@ def main(argv=None) -> int:
     summary.add_argument("--peak_tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
     args = parser.parse_args(argv)
     if args.command == "prepare":
-        prepare(args.shape, args.check_dir, args.lengths, args.world_size, args.gpus)
+        prepare(args.shape, args.check_dir, args.lengths, args.world_size, args.gpus, args.sample_texts)
     elif args.command == "sample-memory":
         sample_memory(args.output, args.pid)
     else:
