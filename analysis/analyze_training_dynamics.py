@@ -36,6 +36,7 @@ import pandas as pd
 
 from fwdrev.checkpoints import CheckpointModels, base_checkpoint, discover_checkpoints, parse_epochs, series_base_model
 from fwdrev.cli import run_cli
+from fwdrev.data_arguments import LENGTH_FLAGS, ROW_FLAGS
 from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import exclusive_lock, write_json, write_table
@@ -43,9 +44,8 @@ from fwdrev.modeling import is_adapter_dir, load_tokenizer, pick_attn_implementa
 from fwdrev.probe_scoring import ProbeRun, add_probe_arguments
 from fwdrev.provenance import check_base_content, recorded_base, train_overlap
 from fwdrev.run_identity import run_id_of
-from fwdrev.score_keys import content_settings
+from fwdrev.score_keys import SCORING_FLAGS, content_settings
 from fwdrev.score_summaries import (
-    META_COLUMNS,
     add_group_argument,
     add_group_ids,
     checkpoint_summary,
@@ -60,9 +60,7 @@ from fwdrev.sharding import by_example_id, current_shard, gather_table, read_key
 TABLE_SUBSETS = ("all", "first50", "last50")
 TABLES_LOCK = ".tables.lock"  # in OUTPUT_DIR: one run at a time reads the parts and writes the tables
 # Flags that change the scores: a resumed run must use the same values as the parts on disk.
-SETTINGS_FLAGS = ("dataset_path", "prompt_field", "chosen_field", "rejected_field", "sample_types",
-                  "drop_invalid_rows", "max_tokens", "max_length", "max_prompt_length",
-                  "flipped_prompt_field", "base_model", "checkpoint_dir", "scoring", "score_tokens")
+SETTINGS_FLAGS = ("dataset_path", *ROW_FLAGS, *LENGTH_FLAGS, *SCORING_FLAGS, "base_model", "checkpoint_dir")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,21 +106,12 @@ def check_settings(args, stage: str, output_dir: Path, is_main: bool) -> None:
     path = output_dir / "scoring_settings.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        saved.setdefault("scoring", "response")  # the only scoring before --scoring existed
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if changed:
             raise UsageError(f"{output_dir} holds results scored with other settings "
                              f"(saved, now): {changed}; use another --output_dir")
     elif is_main:
         write_json(path, settings)
-
-
-def read_part(path: Path, scoring: str) -> pd.DataFrame:
-    """A finished part; one written before --scoring existed gets its (checked) scoring column."""
-    part = pd.read_parquet(path)
-    if "scoring" not in part:
-        part.insert(META_COLUMNS.index("scoring"), "scoring", scoring)
-    return part
 
 
 def resolve_base_model(args, checkpoints) -> str:
@@ -168,8 +157,7 @@ def part_name(part: Path) -> str:
     return part.name[: -len(".part")]
 
 
-def rebuild_tables(output_dir: Path, keys: dict[str, dict], scoring: str,
-                   group_ids: dict[int, int]) -> pd.DataFrame | None:
+def rebuild_tables(output_dir: Path, keys: dict[str, dict], group_ids: dict[int, int]) -> pd.DataFrame | None:
     """Merge the parts that match ``keys`` into the subset tables and summary.csv (atomic writes).
 
     The problem key comes from this run's data (parts hold scores only), so it is never stale.
@@ -177,7 +165,7 @@ def rebuild_tables(output_dir: Path, keys: dict[str, dict], scoring: str,
     parts = [p for p in sorted((output_dir / "parts").glob("*.part")) if read_key(p) == keys.get(part_name(p))]
     if not parts:
         return None
-    table = pd.concat([read_part(p, scoring) for p in parts], ignore_index=True)
+    table = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     table = table.sort_values(["epoch", "example_id"], kind="stable").reset_index(drop=True)
     table = add_group_ids(table, group_ids)
     subsets = subset_frames(table, per_sample_type=False)
@@ -188,7 +176,7 @@ def rebuild_tables(output_dir: Path, keys: dict[str, dict], scoring: str,
     return table
 
 
-def write_tables_when_complete(output_dir: Path, checkpoints, keys: dict[str, dict], scoring: str,
+def write_tables_when_complete(output_dir: Path, checkpoints, keys: dict[str, dict],
                                group_ids: dict[int, int]) -> pd.DataFrame | None:
     """``rebuild_tables`` once every checkpoint of ``checkpoints`` has its part, else say how many do.
 
@@ -201,7 +189,7 @@ def write_tables_when_complete(output_dir: Path, checkpoints, keys: dict[str, di
             print(f"{len(checkpoints) - len(missing)} of {len(checkpoints)} checkpoints scored (to come: "
                   f"{missing}); the run that scores the last one writes the tables")
             return None
-        return rebuild_tables(output_dir, keys, scoring, group_ids)
+        return rebuild_tables(output_dir, keys, group_ids)
 
 
 def checkpoints_to_score(checkpoints, keys, output_dir: Path, shard) -> list:
@@ -290,7 +278,7 @@ def main(argv=None) -> None:
     if whole_checkpoints:
         shard.barrier()  # every part written before rank 0 merges them
     if shard.is_main or not shard.launched:
-        table = write_tables_when_complete(output_dir, checkpoints, keys, args.scoring, group_ids)
+        table = write_tables_when_complete(output_dir, checkpoints, keys, group_ids)
         if table is not None:  # every checkpoint scored: the probe tables are complete too
             probes.merge_parts(keys)
         if table is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fwdrev.cli import UsageError, run_cli
+from fwdrev.data import RowSelection
 from fwdrev.data_arguments import ROW_FLAGS, add_data_flags
 from fwdrev.evaluation.forcing import AUTO, ForcingConfig
 from fwdrev.evaluation.models import HFModels, VLLMModels, parse_model_paths, series_specs, tokenizer_source
@@ -116,8 +117,7 @@ def load_problems(args, names: list[str], files: dict[str, str], revisions: dict
             if name not in files:
                 raise UsageError("benchmark heldout needs its file: --data_files heldout=PATH "
                                  "(the test split written by scripts/prepare_data.py)")
-            flags = {f: getattr(args, f) for f in ROW_FLAGS}
-            heldout = heldout_problems(files[name], tokenizer, flags, args.gold_field)
+            heldout = heldout_problems(files[name], tokenizer, RowSelection.from_args(args), args.gold_field)
             problems += heldout
             sources[name] = {"file": str(Path(files[name]).resolve()), "sha256": file_sha256(files[name]),
                              "rows": len(heldout)}

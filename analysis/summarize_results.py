@@ -8,7 +8,7 @@ the first K response tokens (acc first-K) and by the whole response (acc full).
 
 The CI is a percentile bootstrap over problems: a problem's original and flipped row score the
 same two traces with the roles swapped, so they are drawn together (the tables' ``group_id``
-column; for tables scored by an older version, give the data file with --dataset_path).
+column).
 
     python analysis/summarize_results.py --results_dir outputs/quickstart/analysis
 """
@@ -17,11 +17,9 @@ import argparse
 import os
 
 from fwdrev.cli import run_cli
-from fwdrev.data import read_table
 from fwdrev.errors import UsageError
 from fwdrev.io import write_table
 from fwdrev.result_tables import summary_table
-from fwdrev.score_summaries import add_group_argument, problem_group_ids
 
 NAMES = {"f": "D_f", "r": "D_r", "m": "D_m"}
 
@@ -55,16 +53,9 @@ def main(argv=None):
     parser.add_argument("--metric", default="logp_mean_first_k",
                         help="Column suffix: logp_mean_first_k (paper), logp_mean, logp_sum, ...")
     parser.add_argument("--output_csv", default=None, help="Default: RESULTS_DIR/summary.csv")
-    parser.add_argument("--dataset_path", default=None,
-                        help="Data file the tables were scored on: maps example_id to its problem "
-                             "for tables without a group_id column (older outputs).")
-    add_group_argument(parser)
     args = parser.parse_args(argv)
-    group_ids = None
-    if args.dataset_path:
-        group_ids = problem_group_ids(read_table(args.dataset_path), args.group_field, args.dataset_path)
     try:
-        summary = summary_table(args.results_dir, metric=args.metric, group_ids=group_ids)
+        summary = summary_table(args.results_dir, metric=args.metric)
     except (KeyError, ValueError) as error:
         raise UsageError(str(error)) from None
     if summary.empty:

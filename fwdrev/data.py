@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -153,6 +153,26 @@ def parse_sample_types(value: str | Sequence[str] | None) -> list[str] | None:
 WHITESPACE_PROMPTS = "prompts differ only in white space; chosen prompt used"
 
 
+@dataclass(frozen=True)
+class RowSelection:
+    """Which rows and columns of a preference file are read: the data flags (``fwdrev.data_arguments``
+    gives them to the training scripts and the analysis scripts with these names and defaults)."""
+
+    prompt_field: str = "question"
+    flipped_prompt_field: str | None = "relevant-question"
+    chosen_field: str = "text"
+    rejected_field: str | None = "worse-text"
+    sample_types: str | Sequence[str] | None = None
+    drop_invalid_rows: bool = False
+
+    @classmethod
+    def from_args(cls, args, **changes) -> RowSelection:
+        """The selection of parsed flags (``DataArguments`` or an argparse namespace); ``changes``
+        replace flags (they are not read from ``args``)."""
+        return cls(**{f.name: changes[f.name] if f.name in changes else getattr(args, f.name)
+                      for f in fields(cls)})
+
+
 @dataclass
 class RowResult:
     """One source row made into an example, or the reason it is excluded; plus how it was adjusted."""
@@ -162,29 +182,22 @@ class RowResult:
     adjusted: list[str] = field(default_factory=list)
 
 
-def load_preference_data(
-    path: str | Path,
-    prompt_field: str = "question",
-    chosen_field: str = "text",
-    rejected_field: str | None = "worse-text",
-    sample_types: str | Sequence[str] | None = None,
-    drop_invalid_rows: bool = False,
-    tokenizer=None,
-    flipped_prompt_field: str | None = "relevant-question",
-) -> PreferenceData:
+def load_preference_data(path: str | Path, selection: RowSelection = RowSelection(),
+                         tokenizer=None) -> PreferenceData:
     """Load, filter and validate a preference file.
 
     Raises ``DataValidationError`` naming the file, column and rows of every problem, unless
-    ``drop_invalid_rows`` is set, in which case those rows are excluded and reported.
+    ``selection.drop_invalid_rows`` is set, in which case those rows are excluded and reported.
     With ``tokenizer``, plain prompts are rendered with its chat template right away.
     ``rejected_field=None`` loads prompt + chosen only (SFT data); ``rejected`` is then "".
     Plain ``flipped`` rows are prompted with ``flipped_prompt_field`` when the file has it.
     """
-    columns = Columns(prompt_field, chosen_field, rejected_field, flipped_prompt_field)
+    columns = Columns(selection.prompt_field, selection.chosen_field, selection.rejected_field,
+                      selection.flipped_prompt_field)
     frame = read_table(path)
     total_rows = len(frame)
-    frame = select_sample_types(frame, path, columns, parse_sample_types(sample_types))
-    shape = _detect_shape(frame[chosen_field])
+    frame = select_sample_types(frame, path, columns, parse_sample_types(selection.sample_types))
+    shape = _detect_shape(frame[selection.chosen_field])
     prompt_columns = plain_prompt_columns(frame, path, columns) if shape == "plain" else None
     problems = invalid_values(frame, columns, prompt_columns)
     bad_rows = {i for rows in problems.values() for i in rows}
@@ -192,7 +205,7 @@ def load_preference_data(
                for i, row in frame.iterrows() if int(i) not in bad_rows}
     problems.update(rows_by_reason(((i, r.excluded) for i, r in results.items() if r.excluded),
                                    _exclusion_order(columns)))
-    raise_unless_dropped(path, problems, drop_invalid_rows)
+    raise_unless_dropped(path, problems, selection.drop_invalid_rows)
     examples = [r.example for r in results.values() if r.example is not None]
     adjusted = rows_by_reason(((i, reason) for i, r in results.items() for reason in r.adjusted),
                               _adjustment_order(columns))

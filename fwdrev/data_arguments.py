@@ -1,5 +1,7 @@
 """The data flags, defined once: ``DataArguments`` for the training scripts (HfArgumentParser)
-and ``add_data_flags`` for the analysis scripts' argparse, with the same names, defaults and help."""
+and ``add_data_flags`` for the analysis scripts' argparse, with the same names, defaults and help.
+The row flags are the fields of ``fwdrev.data.RowSelection`` (their defaults are its defaults);
+``RowSelection.from_args`` makes the one object that travels from either kind of parsed flags."""
 
 from __future__ import annotations
 
@@ -8,28 +10,31 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+from fwdrev.data import RowSelection
 from fwdrev.tokenization import check_lengths, default_max_prompt_length
 
 # Tokens of prompt + response: the study's sequences (the original's --max_length). The one default;
 # recipes, launchers, scripts/gpu_check.sh and the benchmarks read it.
 DEFAULT_MAX_LENGTH = 20000
+ROWS = RowSelection()  # the row flags' defaults
 
 
 @dataclass
 class DataArguments:
     train_file_path: str = field(metadata={"help": "Parquet or JSONL training file."})
-    prompt_field: str = field(default="question", metadata={"help": "Prompt column (plain data only)."})
+    prompt_field: str = field(default=ROWS.prompt_field, metadata={"help": "Prompt column (plain data only)."})
     flipped_prompt_field: str = field(
-        default="relevant-question",
+        default=ROWS.flipped_prompt_field,
         metadata={"help": "Prompt column of plain 'flipped' rows (the reverse question), used when the "
                           "file has it; '' = prompt_field for every row."})
-    chosen_field: str = field(default="text", metadata={"help": "Preferred response column (y+)."})
-    rejected_field: str = field(default="worse-text", metadata={"help": "Rejected response column (y-)."})
+    chosen_field: str = field(default=ROWS.chosen_field, metadata={"help": "Preferred response column (y+)."})
+    rejected_field: str = field(default=ROWS.rejected_field, metadata={"help": "Rejected response column (y-)."})
     sample_types: str | None = field(
-        default=None, metadata={"help": "Keep these sample_type values, e.g. 'original', 'flipped' or "
-                                        "'original,flipped' (default: all rows)."})
+        default=ROWS.sample_types,
+        metadata={"help": "Keep these sample_type values, e.g. 'original', 'flipped' or "
+                          "'original,flipped' (default: all rows)."})
     drop_invalid_rows: bool = field(
-        default=False, metadata={"help": "Exclude invalid rows (reported) instead of failing."})
+        default=ROWS.drop_invalid_rows, metadata={"help": "Exclude invalid rows (reported) instead of failing."})
     max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "Max tokens of prompt + response."})
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Max prompt tokens (the end is kept); default min(2048, max_length // 2)."})
@@ -47,9 +52,8 @@ class DataArguments:
         check_lengths(self.max_length, self.max_prompt_length)  # fail before any model is loaded
 
 
-# Which rows and columns of a preference file (every script that reads one).
-ROW_FLAGS = ("prompt_field", "flipped_prompt_field", "chosen_field", "rejected_field", "sample_types",
-             "drop_invalid_rows")
+# Which rows and columns of a preference file (every script that reads one): RowSelection's fields.
+ROW_FLAGS = tuple(f.name for f in dataclasses.fields(RowSelection))
 LENGTH_FLAGS = ("max_length", "max_prompt_length")
 
 

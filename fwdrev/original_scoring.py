@@ -20,7 +20,7 @@ or are excluded and reported with ``--drop_invalid_rows``.
 
 from __future__ import annotations
 
-from fwdrev.data import DataValidationError, PreferenceData
+from fwdrev.data import DataValidationError, PreferenceData, RowSelection
 from fwdrev.data_checks import preview
 from fwdrev.tokenization import TokenizedPair
 
@@ -41,10 +41,10 @@ def original_completion_ids(tokenizer, completion: str, max_tokens: int) -> tupl
     return ids[:max_tokens][1:], len(ids) > max_tokens
 
 
-def encode_original_examples(tokenizer, data: PreferenceData, prompt_field: str, chosen_field: str,
-                             rejected_field: str, max_tokens: int, max_length: int,
-                             max_prompt_length: int, drop_invalid_rows: bool) -> list[TokenizedPair]:
-    """One ``TokenizedPair`` per used row of ``data`` (its source rows in ``data.frame``)."""
+def encode_original_examples(tokenizer, data: PreferenceData, rows: RowSelection, max_tokens: int,
+                             max_length: int, max_prompt_length: int) -> list[TokenizedPair]:
+    """One ``TokenizedPair`` per used row of ``data`` (its source rows in ``data.frame``, read with ``rows``)."""
+    prompt_field = rows.prompt_field
     if max_tokens < MIN_MAX_TOKENS:
         raise DataValidationError(f"--scoring original needs --max_tokens >= {MIN_MAX_TOKENS}, "
                                   f"got {max_tokens} (the original cut at 1000)")
@@ -65,7 +65,7 @@ def encode_original_examples(tokenizer, data: PreferenceData, prompt_field: str,
         prompt_ids = original_prompt_ids(tokenizer, question)
         (chosen_ids, chosen_cut), (rejected_ids, rejected_cut) = (
             original_completion_ids(tokenizer, row[field], max_tokens)
-            for field in (chosen_field, rejected_field))
+            for field in (rows.chosen_field, rows.rejected_field))
         if min(len(chosen_ids), len(rejected_ids)) == 0:
             problems.setdefault("a completion of fewer than 2 tokens (the original scored no "
                                 "token and skipped the row)", []).append(example.example_id)
@@ -79,7 +79,7 @@ def encode_original_examples(tokenizer, data: PreferenceData, prompt_field: str,
         if chosen_cut or rejected_cut:
             cut.append(example.example_id)
         pairs.append(TokenizedPair(example.example_id, prompt_ids, chosen_ids, rejected_ids))
-    _record(data, problems, cut, max_tokens, drop_invalid_rows, {p.example_id for p in pairs})
+    _record(data, problems, cut, max_tokens, rows.drop_invalid_rows, {p.example_id for p in pairs})
     return pairs
 
 

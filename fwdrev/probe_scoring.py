@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from fwdrev.checkpoints import free_memory, load_for_scoring
-from fwdrev.data import load_preference_data
+from fwdrev.data import RowSelection, load_preference_data
 from fwdrev.errors import UsageError
 from fwdrev.fingerprint import file_sha256, key_digest
 from fwdrev.greedy_probe import GREEDY_FILE, cached_greedy, greedy_budget, greedy_key
@@ -289,8 +289,7 @@ def train_rows(args, tokenizer, model_paths) -> TrainRows | None:
             raise UsageError(f"irr_train: the recorded training file {path} is missing or was changed "
                              "since training; pass --probe_train_file")
         ids = record["train_example_ids"]
-    data = load_preference_data(path, args.prompt_field, args.chosen_field, args.rejected_field, None,
-                                args.drop_invalid_rows, tokenizer, flipped_prompt_field=args.flipped_prompt_field)
+    data = load_preference_data(path, RowSelection.from_args(args, sample_types=None), tokenizer)
     keep = None if ids is None else set(ids)
     responses = {e.example_id: e.chosen for e in data.examples if keep is None or e.example_id in keep}
     if not responses:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import TrainerCallback
 
-from fwdrev.data import DataValidationError, load_preference_data, read_table
+from fwdrev.data import DataValidationError, RowSelection, load_preference_data, read_table
 from fwdrev.io import write_table
 from fwdrev.layout import DYNAMICS
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE
@@ -110,10 +110,8 @@ def build_probe_callback(data_args, tokenizer, train_pairs: list[TokenizedPair],
     ``sample_types`` (example_id -> sample_type) defaults to the training file's column.
     """
     if data_args.probe_file:
-        data = load_preference_data(data_args.probe_file, data_args.prompt_field,
-                                    data_args.chosen_field, data_args.rejected_field,
-                                    None, data_args.drop_invalid_rows, tokenizer,
-                                    flipped_prompt_field=_flipped_prompt_field(data_args))
+        data = load_preference_data(data_args.probe_file, RowSelection.from_args(data_args, sample_types=None),
+                                    tokenizer)
         probe_pairs = {"probe": encode_examples(tokenizer, data.examples, data_args.max_length,
                                                 data_args.max_prompt_length)}
         sample_types = sample_types_by_id(data)
@@ -131,21 +129,13 @@ def preference_pairs_of_rows(data_args, tokenizer, *row_sets: list[TokenizedPair
     For SFT probes without ``--probe_file``: the same rows, now with ``rejected_field``.
     """
     try:
-        data = load_preference_data(data_args.train_file_path, data_args.prompt_field,
-                                    data_args.chosen_field, data_args.rejected_field,
-                                    data_args.sample_types, data_args.drop_invalid_rows, tokenizer,
-                                    flipped_prompt_field=_flipped_prompt_field(data_args))
+        data = load_preference_data(data_args.train_file_path, RowSelection.from_args(data_args), tokenizer)
     except DataValidationError as error:
         raise DataValidationError(f"{error}\n--probe_every scores y+ and y-: give a preference "
                                   "file with --probe_file") from None
     by_id = {p.example_id: p for p in encode_examples(tokenizer, data.examples, data_args.max_length,
                                                        data_args.max_prompt_length)}
     return [[by_id[row.example_id] for row in rows if row.example_id in by_id] for rows in row_sets]
-
-
-def _flipped_prompt_field(data_args) -> str | None:
-    """DataArguments.flipped_prompt_field; its default for argument objects made without it."""
-    return getattr(data_args, "flipped_prompt_field", "relevant-question")
 
 
 def sample_types_of_file(path) -> dict[int, str]:

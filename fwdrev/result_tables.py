@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fwdrev.bootstrap import bootstrap_mean_ci
-from fwdrev.score_summaries import GROUP_COLUMN, add_group_ids, share_positive
+from fwdrev.score_summaries import GROUP_COLUMN, share_positive
 from fwdrev.sets import SETS, TEST_SET_SAMPLE_TYPE
 
 TIDY_COLUMNS = ["train_set", "test_set", "stage", "epoch", "series", "value"]
@@ -181,29 +181,21 @@ def _deltas(table: pd.DataFrame, name: str) -> pd.Series:
     return pd.Series(np.nan, index=table.index)
 
 
-def _with_groups(table: pd.DataFrame, path, group_ids: dict | None) -> pd.DataFrame:
-    """The table with its problem key: its own column, else mapped from ``group_ids``."""
-    if GROUP_COLUMN in table:
-        return table
-    if group_ids is None:
-        raise ValueError(f"{path}: no {GROUP_COLUMN!r} column (scored by an older version), so the CIs "
-                         "cannot resample whole problems: rescore it, or give the data file it was "
-                         "scored on (--dataset_path) to map example_id to the problem")
-    try:
-        return add_group_ids(table, group_ids)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error} in the given data file") from None
+def _check_groups(table: pd.DataFrame, path) -> None:
+    """The CIs resample whole problems: the table's problem key column (the analysis scripts write it)."""
+    if GROUP_COLUMN not in table:
+        raise ValueError(f"{path}: no {GROUP_COLUMN!r} column (the problem key the analysis scripts "
+                         "write), so the CIs cannot resample whole problems: rescore it")
 
 
 def summary_table(results_dir, metric: str = "logp_mean_first_k", subset: str = "all", ci: bool = True,
-                  group_ids: dict | None = None, seed: int = 0) -> pd.DataFrame:
+                  seed: int = 0) -> pd.DataFrame:
     """Per train_set / stage / epoch / test_set: mean y+, mean y-, delta and preference accuracy.
 
     y+ and y- are means over examples of ``chosen_<metric>`` / ``rejected_<metric>``;
     ``delta`` is the mean of ``delta_<metric>`` (or y+ - y- without that column), with its 95%
     CI (``delta_ci_low/high``; ``ci=False``: NaN) from a bootstrap over problems: a problem's
-    original and flipped row are drawn together (``group_id`` column, or ``group_ids``:
-    example_id -> problem, for tables without it). ``pref_acc_first_k`` / ``pref_acc_full`` are
+    original and flipped row are drawn together (``group_id`` column). ``pref_acc_first_k`` / ``pref_acc_full`` are
     the shares of examples whose delta of the same statistic over the first K tokens / the
     whole response is > 0 (e.g. ``delta_logp_mean_first_k`` / ``delta_logp_mean``).
     """
@@ -219,7 +211,7 @@ def summary_table(results_dir, metric: str = "logp_mean_first_k", subset: str = 
             table = table.assign(_delta=_deltas(table, metric), _first_k=_deltas(table, f"{statistic}_first_k"),
                                  _full=_deltas(table, statistic))
             if ci:
-                table = _with_groups(table, path, group_ids)
+                _check_groups(table, path)
             for test_set, sample_type in TEST_SET_SAMPLE_TYPE.items():
                 if sample_type is not None and "sample_type" not in table:
                     continue  # without question types only T_m (all rows) is defined
@@ -252,13 +244,13 @@ def _summary_values(group: pd.DataFrame, chosen: str, rejected: str, ci: bool, s
 
 
 def series_from_results_dir(results_dir, metric: str = "logp_mean_first_k", subset: str = "all",
-                            ci: bool = False, group_ids: dict | None = None) -> pd.DataFrame:
+                            ci: bool = False) -> pd.DataFrame:
     """Tidy series (``TIDY_COLUMNS``) from ``RESULTS_DIR/<train_set>/<stage>/<subset>.*``.
 
     ``ci``: delta rows also get their 95% CI (``ci_low``, ``ci_high``; see :func:`summary_table`).
     ``step``: the DPO checkpoint's optimizer step (NaN for SFT), for x positions by step.
     """
-    summary = summary_table(results_dir, metric=metric, subset=subset, ci=ci, group_ids=group_ids)
+    summary = summary_table(results_dir, metric=metric, subset=subset, ci=ci)
     long = summary.melt(
         id_vars=["train_set", "test_set", "stage", "epoch", "step", "delta_ci_low", "delta_ci_high"],
         value_vars=["y_plus", "y_minus", "delta"], var_name="series", value_name="value",

@@ -6,13 +6,14 @@ model, data file, precision, scoring rule or flag never end up in one table.
 
 from __future__ import annotations
 
+from fwdrev.data_arguments import LENGTH_FLAGS, ROW_FLAGS
 from fwdrev.fingerprint import model_fingerprint
 from fwdrev.tokenization import SCORING_RULES_VERSION
 
-# Flags that change the scores of a row (the data file's content and the models are keyed apart).
-CONTENT_FLAGS = ("prompt_field", "chosen_field", "rejected_field", "flipped_prompt_field", "sample_types",
-                 "drop_invalid_rows", "max_tokens", "score_tokens", "max_length", "max_prompt_length",
-                 "scoring", "allow_train_overlap")
+# Flags that change the scores of a row (the data file's content and the models are keyed apart):
+# the row selection and the lengths (fwdrev.data_arguments), then the scorer's own flags.
+SCORING_FLAGS = ("max_tokens", "score_tokens", "scoring")
+CONTENT_FLAGS = ROW_FLAGS + LENGTH_FLAGS + SCORING_FLAGS + ("allow_train_overlap",)
 
 
 def content_settings(args, dtype) -> dict:

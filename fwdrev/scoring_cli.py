@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from fwdrev.data import PreferenceData, load_preference_data
+from fwdrev.data import PreferenceData, RowSelection, load_preference_data
 from fwdrev.data_arguments import add_data_flags
 from fwdrev.errors import LengthSettingsError
 from fwdrev.logprobs import DEFAULT_CHUNK_SIZE
@@ -72,13 +72,11 @@ def parse_scoring_args(parser: argparse.ArgumentParser, argv=None) -> argparse.N
 
 def load_scoring_pairs(args, tokenizer) -> tuple[PreferenceData, list[TokenizedPair]]:
     """Load, validate and tokenize ``--dataset_path``; truncations are added to the report."""
-    data = load_preference_data(args.dataset_path, args.prompt_field, args.chosen_field,
-                                args.rejected_field, args.sample_types, args.drop_invalid_rows,
-                                tokenizer, flipped_prompt_field=args.flipped_prompt_field)
+    rows = RowSelection.from_args(args)
+    data = load_preference_data(args.dataset_path, rows, tokenizer)
     if args.scoring == "original":
-        pairs = encode_original_examples(tokenizer, data, args.prompt_field, args.chosen_field,
-                                         args.rejected_field, args.max_tokens, args.max_length,
-                                         args.max_prompt_length, args.drop_invalid_rows)
+        pairs = encode_original_examples(tokenizer, data, rows, args.max_tokens, args.max_length,
+                                         args.max_prompt_length)
     else:
         pairs = encode_examples(tokenizer, data.examples, args.max_length, args.max_prompt_length,
                                 data.report)

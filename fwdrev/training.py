@@ -14,7 +14,7 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 
 from fwdrev.cli import note_process_group_left
-from fwdrev.data import load_preference_data
+from fwdrev.data import RowSelection, load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.deepspeed_ops import check_deepspeed_ops
 from fwdrev.errors import UsageError
@@ -153,10 +153,8 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
     caller switches ``eval_strategy`` off otherwise, before ``write_run_config_and_data_report``).
     ``with_rejected=False`` reads the prompt and the chosen response only (SFT).
     """
-    data = load_preference_data(
-        data_args.train_file_path, data_args.prompt_field, data_args.chosen_field,
-        data_args.rejected_field if with_rejected else None, data_args.sample_types,
-        data_args.drop_invalid_rows, tokenizer, flipped_prompt_field=data_args.flipped_prompt_field)
+    rows = RowSelection.from_args(data_args, **({} if with_rejected else {"rejected_field": None}))
+    data = load_preference_data(data_args.train_file_path, rows, tokenizer)
     items = encode_examples(tokenizer, data.examples, data_args.max_length,
                             data_args.max_prompt_length, data.report, include_rejected=with_rejected)
     train_items, eval_items = split_train_eval(

@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_benchmark(args) -> tuple[dict[str, float], dict]:
     """Median seconds per method, and facts about the run (rows, tokens, vocabulary)."""
     from fwdrev.checkpoints import load_for_scoring
-    from fwdrev.data import load_preference_data
+    from fwdrev.data import RowSelection, load_preference_data
     from fwdrev.logprobs import chunk_size_for_budget
     from fwdrev.response_probes import parse_probe_kinds, probe_pairs, probe_responses
     from fwdrev.scoring import CPU_CHUNK_MB, score_pairs
@@ -58,7 +58,7 @@ def run_benchmark(args) -> tuple[dict[str, float], dict]:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_for_scoring(args.model_path)
-    data = load_preference_data(args.dataset_path, tokenizer=tokenizer, drop_invalid_rows=True)
+    data = load_preference_data(args.dataset_path, RowSelection(drop_invalid_rows=True), tokenizer)
     data.examples = data.examples[: args.rows]
     pairs = encode_examples(tokenizer, data.examples, args.max_length, min(2048, args.max_length // 2))
     kinds = [k for k in parse_probe_kinds(args.probes) if k not in ("argmax", "self_greedy", "irr_train")]

@@ -399,7 +399,7 @@ def test_tables_are_written_by_one_run_at_a_time(tmp_path, monkeypatch):
     written = []
     monkeypatch.setattr(analyze_training_dynamics, "rebuild_tables", lambda *args: written.append(args[0]))
     writer = threading.Thread(target=analyze_training_dynamics.write_tables_when_complete,
-                              args=(tmp_path, [SimpleNamespace(name="a")], {"a": {"part": "a"}}, "response", {}))
+                              args=(tmp_path, [SimpleNamespace(name="a")], {"a": {"part": "a"}}, {}))
     with exclusive_lock(tmp_path / analyze_training_dynamics.TABLES_LOCK):  # another run is writing
         writer.start()
         writer.join(timeout=1.0)

@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fwdrev.data import ASSISTANT_HEADER, DataValidationError, load_preference_data, parse_sample_types, render_prompt
+from fwdrev.data import (
+    ASSISTANT_HEADER,
+    DataValidationError,
+    RowSelection,
+    load_preference_data,
+    parse_sample_types,
+    render_prompt,
+)
 
 CONVERSATION = ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
                 + ASSISTANT_HEADER + "{r}<|im_end|>\n")
@@ -72,7 +79,7 @@ def test_real_sample_whitespace_prompt_row_is_accepted_and_reported(shared_sampl
 
 
 def test_flipped_rows_use_the_reverse_question_from_the_user_turn(shared_sample_path):
-    data = load_preference_data(shared_sample_path, sample_types="flipped")
+    data = load_preference_data(shared_sample_path, RowSelection(sample_types="flipped"))
     frame = pd.read_parquet(shared_sample_path)
     assert len(data.examples) == 50
     def squash(text):  # the real data re-wraps some questions
@@ -89,7 +96,7 @@ def test_flipped_rows_use_the_reverse_question_from_the_user_turn(shared_sample_
 @pytest.mark.parametrize("types,expected", [("original", 50), ("flipped", 50),
                                             ("original,flipped", 100), (None, 100)])
 def test_sample_type_filter_counts(shared_sample_path, types, expected):
-    data = load_preference_data(shared_sample_path, sample_types=types)
+    data = load_preference_data(shared_sample_path, RowSelection(sample_types=types))
     assert len(data.examples) == expected == data.report.used_rows
     assert data.report.selected_rows == expected and data.report.total_rows == 100
 
@@ -119,8 +126,8 @@ def test_plain_shape_renders_with_chat_template_or_fallback(tmp_path):
 
 def test_custom_field_names(tmp_path):
     frame = pd.DataFrame({"prompt": ["p"], "good": ["a"], "bad": ["b"]})
-    data = load_preference_data(write(frame, tmp_path), prompt_field="prompt",
-                                chosen_field="good", rejected_field="bad")
+    data = load_preference_data(write(frame, tmp_path), RowSelection(prompt_field="prompt",
+                                                                             chosen_field="good", rejected_field="bad"))
     assert (data.examples[0].chosen, data.examples[0].rejected) == ("a", "b")
 
 
@@ -165,7 +172,7 @@ def test_identical_and_mismatched_prompts_are_errors_or_dropped(tmp_path):
     assert "different prompts" in message and "[3]" in message
     assert "assistant header" in message and "[5]" in message
 
-    data = load_preference_data(path, drop_invalid_rows=True)
+    data = load_preference_data(path, RowSelection(drop_invalid_rows=True))
     assert [e.example_id for e in data.examples] == [0, 1, 4]
     excluded = sorted(i for rows in data.report.excluded.values() for i in rows)
     assert excluded == [2, 3, 5]
@@ -176,7 +183,7 @@ def test_identical_and_mismatched_prompts_are_errors_or_dropped(tmp_path):
 def test_unknown_sample_type_is_an_error(tmp_path):
     path = write(embedded_rows(), tmp_path)
     with pytest.raises(DataValidationError, match="sample_type.*reversed"):
-        load_preference_data(path, sample_types="reversed")
+        load_preference_data(path, RowSelection(sample_types="reversed"))
 
 
 def test_report_json_round_trip(tmp_path):
@@ -219,7 +226,7 @@ def test_trailing_white_space_after_im_end_is_dropped_and_reported(tmp_path):
     assert data.report.adjusted[TRAILING_TEXT] == [0, 1]
     assert data.report.adjusted[TRAILING_WORSE] == [0, 1, 2, 3]
     assert "white space after the final" in data.report.summary()
-    sft = load_preference_data(write(frame, tmp_path), rejected_field=None)
+    sft = load_preference_data(write(frame, tmp_path), RowSelection(rejected_field=None))
     assert sft.examples[0].chosen == "good 0<|im_end|>" and sft.examples[0].rejected == ""
 
 
@@ -256,9 +263,9 @@ def test_plain_flipped_rows_are_prompted_with_the_reverse_question(tmp_path):
     reason = "flipped rows prompted with column 'relevant-question' (the reverse question)"
     assert data.report.adjusted[reason] == [1, 3]
     custom = plain_rows().rename(columns={"relevant-question": "reverse"})
-    data = load_preference_data(write(custom, tmp_path, "c.parquet"), flipped_prompt_field="reverse")
+    data = load_preference_data(write(custom, tmp_path, "c.parquet"), RowSelection(flipped_prompt_field="reverse"))
     assert [e.prompt for e in data.examples] == ["fwd 0", "rev 0", "fwd 1", "rev 1"]
-    off = load_preference_data(path, flipped_prompt_field=None)
+    off = load_preference_data(path, RowSelection(flipped_prompt_field=None))
     assert [e.prompt for e in off.examples] == ["fwd 0", "fwd 0", "fwd 1", "fwd 1"] and not off.report.adjusted
     without_column = load_preference_data(write(plain_rows().drop(columns=["relevant-question"]),
                                                 tmp_path, "n.parquet"))

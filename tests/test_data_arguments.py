@@ -5,7 +5,9 @@ import dataclasses
 
 from helpers import load_script
 
+from fwdrev.data import RowSelection
 from fwdrev.data_arguments import LENGTH_FLAGS, ROW_FLAGS, DataArguments, add_data_flags
+from fwdrev.score_keys import CONTENT_FLAGS
 from fwdrev.scoring_cli import add_scoring_arguments
 
 FIELDS = {f.name: f for f in dataclasses.fields(DataArguments)}
@@ -41,3 +43,17 @@ def test_benchmark_evaluation_reads_heldout_rows_like_training():
     for name in ROW_FLAGS:
         assert getattr(args, name) == FIELDS[name].default, name
     assert not hasattr(args, "max_length")  # generation: its own budget (--max_tokens)
+
+
+def test_one_row_selection_from_training_and_analysis_flags():
+    parser = argparse.ArgumentParser()
+    add_data_flags(parser)
+    analysis = RowSelection.from_args(parser.parse_args([]))
+    assert analysis == RowSelection.from_args(DataArguments(train_file_path="d.parquet")) == RowSelection()
+    assert ROW_FLAGS == tuple(f.name for f in dataclasses.fields(RowSelection))
+    flipped = RowSelection.from_args(parser.parse_args(["--sample_types", "flipped", "--chosen_field", "y"]),
+                                     sample_types=None)
+    assert (flipped.sample_types, flipped.chosen_field) == (None, "y")  # a change is not read from the flags
+    dynamics = load_script("analysis", "analyze_training_dynamics")
+    for settings in (CONTENT_FLAGS, dynamics.SETTINGS_FLAGS):  # the keys of a score table's settings
+        assert set(ROW_FLAGS + LENGTH_FLAGS) <= set(settings) and len(set(settings)) == len(settings)

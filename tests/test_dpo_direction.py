@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fwdrev.data import load_preference_data
+from fwdrev.data import RowSelection, load_preference_data
 from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.dpo_trainer import DPOArguments, DPOTrainer, PairCollator
 from fwdrev.modeling import add_lora, load_causal_lm, load_tokenizer, make_lora_config
@@ -35,9 +35,8 @@ def setup(tiny_model_dir, tmp_path_factory):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     pairs = encode_examples(tokenizer, load_preference_data(path, tokenizer=tokenizer).examples,
                             max_length=256, max_prompt_length=128)
-    swapped = encode_examples(tokenizer, load_preference_data(path, chosen_field="worse-text",
-                                                              rejected_field="text",
-                                                              tokenizer=tokenizer).examples,
+    swapped_rows = RowSelection(chosen_field="worse-text", rejected_field="text")
+    swapped = encode_examples(tokenizer, load_preference_data(path, swapped_rows, tokenizer).examples,
                               max_length=256, max_prompt_length=128)
     assert [p.chosen_ids for p in swapped] == [p.rejected_ids for p in pairs]  # really swapped
     reference = response_logps(load_causal_lm(str(tiny_model_dir)), pairs)

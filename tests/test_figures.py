@@ -43,7 +43,7 @@ def analysis_table(stage, n_checkpoints, n_examples=4, shared_ids=False, seed=0)
             example_id = i % (n_examples // 2) if shared_ids else i
             row = {"checkpoint": checkpoint, "stage": stage, "epoch": epoch,
                    "step": 10 * epoch if stage == "dpo" else None,
-                   "example_id": example_id, "sample_type": sample_type,
+                   "example_id": example_id, "sample_type": sample_type, "scoring": "response",
                    "group_id": i % (n_examples // 2)}  # problem k: rows k (original) and n/2 + k (flipped)
             for metric in METRICS:
                 chosen = -1.0 + 0.1 * epoch + rng.normal(0, 0.05)

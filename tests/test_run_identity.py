@@ -22,7 +22,7 @@ from test_provenance import flags, save_adapter, save_model_with_tokenizer
 
 from fwdrev.checkpoints import discover_checkpoints
 from fwdrev.cli import UsageError
-from fwdrev.data import load_preference_data
+from fwdrev.data import RowSelection, load_preference_data
 from fwdrev.data_arguments import DataArguments
 from fwdrev.devtools.synthetic import generate_preference_rows
 from fwdrev.fingerprint import model_fingerprint
@@ -82,7 +82,7 @@ def files(tmp_path_factory):
 
 
 def preference_data(path, sample_types=None):
-    return load_preference_data(str(path), "question", "text", "worse-text", sample_types, False, None)
+    return load_preference_data(str(path), RowSelection(sample_types=sample_types))
 
 
 # ---- item 3: the overlap check -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from helpers import REPO_ROOT, assert_mentions, load_script, run_command, script
 
 from fwdrev.checkpoints import discover_checkpoints, load_for_scoring
 from fwdrev.cli import run_cli
-from fwdrev.data import ASSISTANT_HEADER, DataValidationError, load_preference_data, render_prompt
+from fwdrev.data import ASSISTANT_HEADER, DataValidationError, RowSelection, load_preference_data, render_prompt
 from fwdrev.model_arguments import ModelArguments
 from fwdrev.modeling import load_tokenizer
 from fwdrev.scoring import score_pairs
@@ -38,7 +38,7 @@ def sft_script():
 
 
 def collate_sft(tokenizer, path, **load_kwargs):
-    data = load_preference_data(path, rejected_field=None, tokenizer=tokenizer, **load_kwargs)
+    data = load_preference_data(path, RowSelection(rejected_field=None, **load_kwargs), tokenizer)
     rows = encode_examples(tokenizer, data.examples, 4096, 2048, include_rejected=False)
     return data, SFTCollator(tokenizer.pad_token_id)(rows)
 
@@ -90,12 +90,12 @@ def test_rejected_field_none_is_sft_only(tmp_path):
     frame.to_parquet(path)
     with pytest.raises(DataValidationError, match=r"identical.*rows \[1\]"):
         load_preference_data(path)
-    data = load_preference_data(path, rejected_field=None)
+    data = load_preference_data(path, RowSelection(rejected_field=None))
     assert [e.example_id for e in data.examples] == [0, 1, 2, 3]
     # the text's trailing newline after the final <|im_end|> is not part of the response
     assert all(e.prompt + e.chosen + "\n" == text for e, text in zip(data.examples, frame["text"]))
     frame.drop(columns=["worse-text"]).to_parquet(path)
-    assert len(load_preference_data(path, rejected_field=None).examples) == 4
+    assert len(load_preference_data(path, RowSelection(rejected_field=None)).examples) == 4
     with pytest.raises(DataValidationError, match="missing column.*worse-text"):
         load_preference_data(path)
 
@@ -104,7 +104,7 @@ def test_rejected_field_none_is_sft_only(tmp_path):
     ("original", {"original": 50}), ("flipped", {"flipped": 50}),
     ("original,flipped", {"original": 50, "flipped": 50})])
 def test_forward_reverse_mixed_sets(shared_sample_path, sample_types, expected):
-    data = load_preference_data(shared_sample_path, rejected_field=None, sample_types=sample_types)
+    data = load_preference_data(shared_sample_path, RowSelection(rejected_field=None, sample_types=sample_types))
     assert data.report.sample_type_counts == expected
     assert len(data.examples) == sum(expected.values())  # D_f 50, D_r 50, D_m 100
 
@@ -154,7 +154,7 @@ def test_outputs_and_epoch_checkpoints(sft_run):
 @pytest.mark.usefixtures("one_thread")
 def test_each_epoch_raises_the_log_prob_of_the_trained_responses(sft_run, tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    data = load_preference_data(SAMPLE, sample_types="original", tokenizer=tokenizer)
+    data = load_preference_data(SAMPLE, RowSelection(sample_types="original"), tokenizer)
     pairs = encode_examples(tokenizer, data.examples, 256, 128)
     means = []
     for path in [tiny_model_dir, sft_run / "checkpoints" / "1", sft_run / "checkpoints" / "2"]:
@@ -262,7 +262,7 @@ def test_zero3_two_processes_saves_every_epoch(tiny_model_dir, tmp_path):
     metrics = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["loss"])
     assert list(metrics["step"]) == list(range(1, 15))  # ceil(50 / (4 x 2 ranks)) = 7 per epoch
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    data = load_preference_data(SAMPLE, sample_types="flipped", tokenizer=tokenizer)
+    data = load_preference_data(SAMPLE, RowSelection(sample_types="flipped"), tokenizer)
     pairs = encode_examples(tokenizer, data.examples[:8], 256, 128)
     scores = []
     for epoch in (1, 2):  # gathered ZeRO-3 shards: full-shape adapters that load and differ

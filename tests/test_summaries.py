@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 from helpers import PAPER_CSV, REPO_ROOT, assert_mentions, load_script  # noqa: E402
 
 from fwdrev import paper_figure, result_tables  # noqa: E402
+from fwdrev.errors import UsageError  # noqa: E402
 
 summarize_results = load_script("analysis", "summarize_results")
 paper_script = load_script("visualization", "plot_with_wider_middle")
@@ -27,7 +28,7 @@ def paired_table(epochs=(1, 2)) -> pd.DataFrame:
         for example_id, (sample_type, delta, problem) in enumerate(
                 [("original", 1.0, 0), ("original", 3.0, 1), ("flipped", -1.0, 0), ("flipped", -3.0, 1)]):
             row = {"checkpoint": str(epoch), "stage": "sft", "epoch": epoch, "example_id": example_id,
-                   "sample_type": sample_type, "group_id": problem}
+                   "sample_type": sample_type, "scoring": "response", "group_id": problem}
             for name in ("logp_mean_first_k", "logp_mean", "logp_max"):
                 # one row flips over the whole response
                 full_sign = -1 if (name == "logp_mean" and example_id == 0) else 1
@@ -68,19 +69,14 @@ def test_summarize_results_prints_cis_and_both_accuracies(results_dir, capsys):
     assert "pref_acc" not in saved.columns
 
 
-def test_summarize_results_needs_a_problem_key(results_dir, tmp_path):
-    table = paired_table().drop(columns="group_id")  # scored before group_id existed
+def test_summarize_results_needs_a_problem_key(results_dir):
+    table = paired_table().drop(columns="group_id")  # not written by the analysis scripts
     table.to_csv(results_dir / "f" / "sft" / "all.csv", index=False)
     script = [sys.executable, str(REPO_ROOT / "analysis" / "summarize_results.py"), "--results_dir", str(results_dir)]
     proc = subprocess.run(script, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert_mentions(proc.stderr, "'group_id'", "--dataset_path")
-    data = tmp_path / "data.parquet"  # the scored file: rows 0, 2 and rows 1, 3 are one problem each
-    pd.DataFrame({"question": ["q0", "q1", "q0", "q1"], "text": ["a"] * 4}).to_parquet(data)
-    proc = subprocess.run(script + ["--dataset_path", str(data)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "+2.000 [+1.000, +3.000]" in proc.stdout
-    assert pd.read_csv(results_dir / "summary.csv").query("test_set == 'm'")["delta_ci_high"].eq(0).all()
+    assert_mentions(proc.stderr, "f/sft/all.csv", "'group_id'")
+    assert "Traceback" not in proc.stderr
 
 
 def test_paper_figure_draws_ci_bands_from_the_results(results_dir):
@@ -105,7 +101,7 @@ def test_paper_cli_ci_flag(results_dir, tmp_path):
     assert stop.value.code == 2
 
 
-def test_dynamics_figure_ci_bands(results_dir, tmp_path, capsys):
+def test_dynamics_figure_ci_bands(results_dir, tmp_path):
     fig = dynamics_script.plot_table(paired_table(), "t", ci=True)
     delta_ax = fig.axes[3]  # peak deltas: delta_logp_max, exactly anti-correlated within each problem
     # one band per delta line, drawn with it: pair them in drawing order with the lines' legend texts
@@ -119,10 +115,10 @@ def test_dynamics_figure_ci_bands(results_dir, tmp_path, capsys):
     old = results_dir / "r" / "sft"
     old.mkdir(parents=True)
     paired_table().drop(columns="group_id").to_csv(old / "all.csv", index=False)
-    written = dynamics_script.main(["--results_dir", str(results_dir), "--output_dir", str(tmp_path / "o"),
-                                    "--ci", "--dpi", "50"])
-    assert len(written) == 4
-    assert_mentions(capsys.readouterr().err, "r/sft/all.csv", "group_id")
+    flags = ["--results_dir", str(results_dir), "--output_dir", str(tmp_path / "o"), "--dpi", "50"]
+    with pytest.raises(UsageError, match="r/sft/all.csv: no group_id column"):  # run_cli: exit 2
+        dynamics_script.main(flags + ["--ci"])
+    assert len(dynamics_script.main(flags)) == 4  # without --ci the table needs no problem key
 
 
 WRONG_Y_PLUS = re.compile(r"preferred forward|the forward (reasoning )?trace|forward \(y\+\)|`text`, the forward",

@@ -124,11 +124,11 @@ def input_scorings(args) -> dict[str, set[str]]:
             path = result_tables.find_stage_table(args.results_dir, train_set, stage, args.subset)
             if path is None:
                 continue
-            if "scoring" in result_tables.table_columns(path):
-                values = result_tables.read_result_table(path, ["scoring"])["scoring"].dropna().astype(str)
-                scorings[str(path)] = set(values)
-            else:
-                scorings[str(path)] = {"response"}  # written before --scoring existed
+            if "scoring" not in result_tables.table_columns(path):
+                raise UsageError(f"{path}: no 'scoring' column (the analysis scripts write it): rescore "
+                                 "it with analysis/analyze_training_dynamics.py")
+            values = result_tables.read_result_table(path, ["scoring"])["scoring"].dropna().astype(str)
+            scorings[str(path)] = set(values)
     return scorings
 
 

@@ -13,7 +13,6 @@ curves against training step per split and sample type. Writes PNG + PDF and pri
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -231,11 +230,10 @@ def main(argv=None) -> list[Path]:
             relative = path.relative_to(root)
             table = result_tables.read_result_table(path)
             if plot is plot_table:
-                with_ci = args.ci and GROUP_COLUMN in table
-                if args.ci and not with_ci:
-                    print(f"note: {relative}: no {GROUP_COLUMN} column (scored by an older "
-                          "version): drawn without CI bands", file=sys.stderr)
-                fig = plot_table(table, str(relative), ci=with_ci)
+                if args.ci and GROUP_COLUMN not in table:
+                    raise UsageError(f"{relative}: no {GROUP_COLUMN} column (the problem key the analysis "
+                                     "scripts write), which --ci needs: rescore it, or leave out --ci")
+                fig = plot_table(table, str(relative), ci=args.ci)
             else:
                 fig = plot(table, dynamics_title(path, root))
             written += figures.save_figure(fig, out / _stem(relative), formats=("png", "pdf"), dpi=args.dpi)

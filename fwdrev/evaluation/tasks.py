@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from fwdrev.data import load_preference_data, render_prompt
+from fwdrev.data import RowSelection, load_preference_data, render_prompt
 from fwdrev.data_checks import DataValidationError
 from fwdrev.errors import UsageError
 from fwdrev.evaluation.grading import CHOICE_LETTERS, gold_answer
@@ -127,9 +127,9 @@ def gpqa_problems(frame: pd.DataFrame, benchmark: Benchmark, source: str, tokeni
     return problems
 
 
-def heldout_problems(path: str, tokenizer, row_flags: dict, gold_field: str = "solution") -> list[Problem]:
+def heldout_problems(path: str, tokenizer, rows: RowSelection, gold_field: str = "solution") -> list[Problem]:
     """The study's test split: its rows as the analysis reads them (same flags as training)."""
-    data = load_preference_data(path, tokenizer=tokenizer, **row_flags)
+    data = load_preference_data(path, rows, tokenizer)
     if gold_field not in data.frame:
         raise DataValidationError(f"{path}: benchmark heldout needs column(s) ['{gold_field}']; "
                                   f"the file has {list(data.frame.columns)}")
