@@ -7,7 +7,7 @@
 #   RECIPE=original  what the original run executed: full fine-tuning with a frozen reference,
 #                    lr 5e-7 under DeepSpeed's WarmupDecayLR, 50 steps, global batch 16, 7 checkpoints
 # Reference run (the study): Qwen2.5-7B-Instruct SFT models on 4 GPUs, sequences up to 20,000
-# tokens, bf16 + flash attention + gradient checkpointing.
+# tokens, bf16 + flash attention + gradient checkpointing (all in the recipe).
 #
 # Edit the paths below (or: sed -i 's#./models/your_base_model#/data/qwen7b#' this file),
 # or override any of them from the environment:
@@ -25,17 +25,15 @@ EXTRA_ARGS="${EXTRA_ARGS:-}"                                 # any further combi
 # Each model trains into OUTPUT_ROOT/dpo_NAME, NAME = its parent and own folder name
 # (./outputs/sft_f/merged -> dpo_sft_f-merged). A folder that already holds a trained run is
 # refused; EXTRA_ARGS="--resume_from_checkpoint latest" continues (or skips) finished runs.
-# DS_CONFIG: DeepSpeed config (default by device, see choose_precision); empty: no DeepSpeed.
+# The recipe also names the DeepSpeed config, bf16, flash attention and gradient checkpointing (on a
+# machine without a GPU the scripts run their CPU equivalents). DS_CONFIG=PATH overrides the config,
+# DS_CONFIG= (empty) runs without DeepSpeed; PRECISION_ARGS="--bf16 False" overrides precision flags.
 # -------------------------------------------------------------------------------------------
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/launch_common.sh"
 cd "${REPO_ROOT}"
 
-if [[ "${RECIPE}" == original ]]; then  # full fine-tuning of 7B: optimizer state offloaded to CPU
-    choose_precision configs/ds_config_zero3_10k.json
-else  # LoRA: the optimizer state is small, no offload needed
-    choose_precision configs/ds_config_zero3.json
-fi
+device_overrides
 
 run_name() {  # run_name MODEL_PATH: PARENT-FOLDER, e.g. ./outputs/sft_f/merged -> sft_f-merged
     local path
@@ -68,11 +66,11 @@ for i in "${!models[@]}"; do
         continue
     fi
     echo "=== DPO ${name}: ${model} -> ${output_dir} (log: ${log_file})"
-    # shellcheck disable=SC2086  # PRECISION_ARGS and EXTRA_ARGS are flag lists
+    # shellcheck disable=SC2086  # EXTRA_ARGS is a flag list
     if run_logged "${log_file}" launch dpo/combined_dpo.py \
         --model_name "${model}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
         ${SAMPLE_TYPES:+--sample_types "${SAMPLE_TYPES}"} \
-        --config "${RECIPE}" ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} ${EXTRA_ARGS}; then
+        --config "${RECIPE}" ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"} ${EXTRA_ARGS}; then
         echo "    done"
     else
         failed+=("${name}")

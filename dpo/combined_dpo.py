@@ -6,13 +6,14 @@ The hyper-parameters come from a recipe, recipes/dpo/lora.yaml unless --config n
 Multi-GPU (DeepSpeed ZeRO-3):
     torchrun --nproc_per_node=4 dpo/combined_dpo.py --config lora \
         --model_name ./outputs/sft_m --train_file_path ./data/split/train.parquet \
-        --output_dir ./outputs/dpo_m --deepspeed configs/ds_config_zero3.json \
-        --bf16 --use_flash_attention --gradient_checkpointing
+        --output_dir ./outputs/dpo_m
+(the recipe names the DeepSpeed config, bf16, flash attention and gradient checkpointing)
 
-CPU smoke run (tiny model, 2 processes, gloo):
+CPU smoke run (tiny model, 2 processes, gloo; the recipe's GPU settings become fp32 and
+configs/ds_config_zero3_cpu.json, logged in one line):
     torchrun --nproc_per_node=2 dpo/combined_dpo.py --model_name ./models/tiny-qwen \
         --train_file_path data-100samples.parquet --output_dir ./outputs/dpo-tiny \
-        --deepspeed configs/ds_config_zero3_cpu.json --max_steps 5 --max_length 512
+        --max_steps 5 --max_length 512
 
 Every flag: ``python dpo/combined_dpo.py --help``. Outputs in OUTPUT_DIR: the LoRA adapter and
 tokenizer, checkpoint-<step>/ folders, metrics.csv, TensorBoard logs (runs/), run_config.json,
@@ -37,21 +38,15 @@ from fwdrev.training import (
     train_and_save,
 )
 
-# How the script runs; the hyper-parameters are in the recipe (recipes/dpo/lora.yaml unless
-# --config names another, e.g. --config original), and command-line flags override both.
-DPO_DEFAULTS = dict(
-    logging_steps=1,
-    report_to=["tensorboard"],
-    remove_unused_columns=False,
-    save_only_model=False,
-)
+# Everything about a run (hyper-parameters, DeepSpeed config, precision, logging) is in the
+# recipe, recipes/dpo/<DEFAULT_RECIPE>.yaml unless --config names another; flags override it.
 DEFAULT_RECIPE = "lora"
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # this checkout's recipes/
 
 
 def main(argv=None):
     model_args, data_args, args, tokenizer = start_run(
-        (ModelArguments, DataArguments, DPOArguments), DPO_DEFAULTS, argv, "dpo", DEFAULT_RECIPE,
+        (ModelArguments, DataArguments, DPOArguments), {}, argv, "dpo", DEFAULT_RECIPE,
         RECIPES_DIR)
     data, train_pairs, eval_pairs = prepare_run_data(model_args, data_args, args, tokenizer)
 

@@ -5,6 +5,11 @@ pairs, the same names as the command-line flags. ``--config NAME_OR_PATH`` loads
 on the command line override it (as in alignment-handbook). A bare name is looked up under
 ``recipes/<stage>/``. The resolved values of every run are saved in its ``run_config.json``.
 
+A recipe also names how its run uses the GPUs: the DeepSpeed config (``deepspeed``), ``bf16``,
+``use_flash_attention`` and ``gradient_checkpointing``; the launchers pass the recipe and paths
+only. On a machine without CUDA, ``cpu_recipe`` turns those of them that came from the recipe
+(never a flag given on the command line) into what a CPU runs.
+
 Also here: the settings every recipe shares beyond ``TrainingArguments``: a global batch size
 from which the accumulation steps follow, and the original run's learning-rate schedule.
 """
@@ -23,6 +28,10 @@ from transformers import TrainingArguments
 from fwdrev.errors import UsageError
 
 LR_SCHEDULES = ("trainer", "deepspeed_warmup_decay")
+# Without CUDA: fp32, SDPA, no recomputation, and ZeRO-3 without its CUDA-only parts (PyTorch
+# AdamW, no offload) when several processes share the model; one process runs without DeepSpeed.
+CPU_DEEPSPEED_CONFIG = "configs/ds_config_zero3_cpu.json"
+CPU_OFF = ("bf16", "fp16", "use_flash_attention", "gradient_checkpointing")  # back to their defaults (off)
 
 
 def recipe_path(name_or_path: str, stage: str, recipes_dir: str | Path | None) -> Path:
@@ -52,6 +61,42 @@ def load_recipe(path: str | Path, known_flags: set[str]) -> dict:
     if unknown:
         raise UsageError(f"{path}: unknown setting(s) {unknown} (not a flag of this script)")
     return values
+
+
+def resolve_recipe_paths(recipe: dict, checkout: Path | None) -> dict:
+    """A recipe's relative ``deepspeed`` path (``configs/ds_config_zero3.json``) that is not there
+    from the working directory is taken from the checkout, so a run can start anywhere."""
+    path = recipe.get("deepspeed")
+    if checkout is None or not isinstance(path, str) or not path or Path(path).is_absolute() or Path(path).exists():
+        return recipe
+    return {**recipe, "deepspeed": str(checkout / path)} if (checkout / path).is_file() else recipe
+
+
+def cpu_recipe(recipe: dict, argv: list[str], world_size: int,
+               checkout: Path | None) -> tuple[dict, str | None]:
+    """The recipe as a machine without CUDA runs it, and one line saying what changed (None: nothing).
+
+    The recipe's GPU settings (``CPU_OFF``, ``deepspeed``) become their CPU equivalents; a
+    setting given on the command line is kept as given.
+    """
+    settled, changed = dict(recipe), []
+    off = [name for name in CPU_OFF if settled.get(name) and not flag_given(argv, f"--{name}")]
+    for name in off:
+        del settled[name]  # the default: off (gradient_checkpointing=False would warn as deprecated)
+    if off:
+        changed.append(", ".join(off) + " off")
+    if settled.get("deepspeed") and not flag_given(argv, "--deepspeed"):
+        cpu_config = str(checkout / CPU_DEEPSPEED_CONFIG) if checkout is not None else CPU_DEEPSPEED_CONFIG
+        if world_size <= 1:
+            settled["deepspeed"] = None
+            changed.append("no DeepSpeed (one process)")
+        elif Path(settled["deepspeed"]).name != Path(CPU_DEEPSPEED_CONFIG).name:
+            settled["deepspeed"] = cpu_config
+            changed.append(f"deepspeed {cpu_config}")
+    if not changed:
+        return settled, None
+    return settled, ("no CUDA, so the recipe's GPU settings become: " + "; ".join(changed)
+                     + " (a flag on the command line overrides)")
 
 
 def pop_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -86,6 +131,9 @@ class RecipeTrainingArguments(TrainingArguments):
                                              "'deepspeed_warmup_decay' is the original run's DeepSpeed "
                                              "WarmupDecayLR (log warm-up over --warmup_steps, then linear "
                                              "decay to 0 at the last step), with or without DeepSpeed."})
+    remove_unused_columns: bool = field(  # a code requirement, not a recipe setting
+        default=False, metadata={"help": "Keep False: the batches hold what the loss reads, not the model's "
+                                         "forward arguments."})
 
     def __post_init__(self):
         if self.lr_schedule not in LR_SCHEDULES:

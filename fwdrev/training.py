@@ -32,7 +32,14 @@ from fwdrev.modeling import (
     zero3_init_disabled,
 )
 from fwdrev.provenance import resolve_adapter_base, training_record
-from fwdrev.recipes import load_recipe, pop_config_flag, recipe_path, settle_batch_flags
+from fwdrev.recipes import (
+    cpu_recipe,
+    load_recipe,
+    pop_config_flag,
+    recipe_path,
+    resolve_recipe_paths,
+    settle_batch_flags,
+)
 from fwdrev.run_folder import check_output_dir, run_is_complete
 from fwdrev.run_identity import (
     RunRecordCallback,
@@ -53,23 +60,31 @@ def parse_arguments(dataclass_types, defaults: dict, argv=None, stage: str | Non
 
     ``--config NAME_OR_PATH`` loads a YAML recipe (``<recipes_dir>/<stage>/<NAME>.yaml``, see
     ``fwdrev.recipes``; ``default_recipe`` without the flag); its path is kept in ``args.config``.
-    On a machine without CUDA, training runs on CPU processes with the gloo backend. This has
+    On a machine without CUDA, training runs on CPU processes with the gloo backend, and the
+    recipe's GPU settings that no flag overrides become their CPU equivalents
+    (``fwdrev.recipes.cpu_recipe``, logged in one line). This has
     to be decided before the TrainingArguments exist: accelerate reads ``use_cpu`` to learn the
     world size, and the DeepSpeed ZeRO-3 config is registered when they are built, which must
     happen before the model is loaded.
     """
     config, argv = pop_config_flag(list(sys.argv[1:] if argv is None else argv))
     parser = HfArgumentParser(dataclass_types)
+    checkout = Path(recipes_dir).parent if recipes_dir is not None else None
     recipe, recipe_file = {}, None
     if config or default_recipe:
         recipe_file = recipe_path(config or default_recipe, stage or "", recipes_dir)
-        recipe = load_recipe(recipe_file, {action.dest for action in parser._actions})
+        recipe = resolve_recipe_paths(load_recipe(recipe_file, {action.dest for action in parser._actions}),
+                                      checkout)
     recipe = settle_batch_flags(recipe, recipe_file, argv)
     if not torch.cuda.is_available():
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
         cpu_defaults = {"use_cpu": True}
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        if world_size > 1:  # launched by torchrun
             cpu_defaults["ddp_backend"] = "gloo"
         defaults = {**cpu_defaults, **defaults}
+        recipe, replaced = cpu_recipe(recipe, argv, world_size, checkout)
+        if replaced and int(os.environ.get("RANK", "0")) == 0:  # one line per run, before logging is set up
+            logger.warning(replaced)
     parser.set_defaults(**{**defaults, **recipe})
     parsed = parser.parse_args_into_dataclasses(args=argv)
     for group in parsed:

@@ -190,7 +190,9 @@ def run_ours(args, workdir: Path) -> dict:
             "--max_length", str(MAX_LENGTH), "--max_prompt_length", str(MAX_LENGTH - 1),
             "--eval_size", "0", "--beta", str(args.beta), "--loss_type", "sigmoid",
             "--precompute_ref_log_probs", "True", "--lora_r", str(args.lora_r),
-            "--lora_alpha", str(args.lora_alpha), "--lora_dropout", "0"]
+            "--lora_alpha", str(args.lora_alpha), "--lora_dropout", "0",
+            # the recipe's GPU settings off on every machine, as TRL's run below
+            "--deepspeed", "", "--use_flash_attention", "False", "--gradient_checkpointing", "False"]
     for name, value in shared_training_settings(args, output_dir).items():
         argv += [f"--{name}", str(value)]
     combined_dpo.main(argv)

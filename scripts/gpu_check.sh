@@ -43,12 +43,18 @@ fi
 CHECK_DIR="${GPU_CHECK_DIR:-${REPO_ROOT}/outputs/gpu_check}"
 CHECK_DIR="${CHECK_DIR%/}/${SHAPE}"
 GPU_PEAK_TFLOPS="${GPU_PEAK_TFLOPS:-989}"
-# GPUs: bf16 + flash attention + checkpointing (the launchers' default); CPU: fp32, same flags.
+# GPUs: bf16 + flash attention + checkpointing (as the recipes); CPU: fp32, same flags.
 if [[ -z "${PRECISION_ARGS:-}" ]]; then
     PRECISION_ARGS="--use_flash_attention --gradient_checkpointing"
     [[ "${GPU_COUNT}" -gt 0 ]] && PRECISION_ARGS="--bf16 ${PRECISION_ARGS}"
 fi
-choose_precision configs/ds_config_zero3.json  # LoRA: no offload needed
+# LoRA: no offload needed; no GPU: the CPU ZeRO-3 config, even for one process
+if [[ "${GPU_COUNT}" -gt 0 ]]; then
+    DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3.json}"
+else
+    DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3_cpu.json}"
+fi
+device_overrides
 MODEL_DIR="${CHECK_DIR}/model"
 mkdir -p "${CHECK_DIR}"
 
@@ -76,10 +82,9 @@ for seq_len in ${SEQ_LENGTHS}; do
     echo "=== (a) LoRA-DPO, 2 steps, ${seq_len} tokens per sequence, ${world_size} rank(s) (log: ${run_dir}/dpo.log)"
     python -m fwdrev.devtools.gpu_check sample-memory --output "${run_dir}/memory.json" --pid $$ &
     sampler_pid=$!
-    # shellcheck disable=SC2086  # PRECISION_ARGS is a flag list
     run_logged "${run_dir}/dpo.log" launch dpo/combined_dpo.py --model_name "${MODEL_DIR}" \
         --train_file_path "${run_dir}/data.parquet" --output_dir "${run_dir}/dpo" \
-        ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} "${LORA[@]}" \
+        ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"} "${LORA[@]}" \
         --max_steps 2 --save_steps 2 --per_device_train_batch_size 1 --gradient_accumulation_steps 1 \
         --per_device_eval_batch_size 1 --eval_size 0 --learning_rate 1e-5 --warmup_steps 0 \
         --max_length "${seq_len}" --max_prompt_length "${PROMPT_LENGTH}" --logging_steps 1 \

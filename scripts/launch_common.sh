@@ -117,15 +117,18 @@ finish_runs() {  # finish_runs OUTPUT_ROOT [FAILED_RUN...]: the closing line; no
     echo "all runs finished: ${output_root}"
 }
 
-choose_precision() {  # choose_precision GPU_DS_CONFIG: set DS_CONFIG and PRECISION_ARGS by device
-    # Either can be set beforehand; DS_CONFIG set but empty runs without DeepSpeed.
+device_overrides() {  # sets DEVICE_ARGS: DS_CONFIG and PRECISION_ARGS as flags over the recipe
+    # The recipe names the DeepSpeed config and precision; without a GPU the scripts run their
+    # CPU equivalents (fwdrev.recipes.cpu_recipe). DS_CONFIG=PATH replaces the recipe's config and
+    # DS_CONFIG set but empty runs without DeepSpeed; PRECISION_ARGS is a list of flags ("--bf16 False").
+    local precision=()
+    DEVICE_ARGS=()
+    if [[ -n "${DS_CONFIG+set}" ]]; then
+        DEVICE_ARGS+=(--deepspeed "${DS_CONFIG}")
+    fi
+    read -r -a precision <<< "${PRECISION_ARGS:-}"
+    DEVICE_ARGS+=(${precision[@]+"${precision[@]}"})
     if [[ "${GPU_COUNT}" -eq 0 ]]; then
-        # No GPU: fp32 and the CPU ZeRO-3 config (PyTorch AdamW, no offload, no C++ Adam build).
-        DS_CONFIG="${DS_CONFIG-configs/ds_config_zero3_cpu.json}"
-        PRECISION_ARGS="${PRECISION_ARGS:-}"
-        echo "no GPU found: running ${NUM_PROCS} CPU processes${DS_CONFIG:+ with ${DS_CONFIG}}"
-    else
-        DS_CONFIG="${DS_CONFIG-$1}"
-        PRECISION_ARGS="${PRECISION_ARGS:---bf16 --use_flash_attention --gradient_checkpointing}"
+        echo "no GPU found: running ${NUM_PROCS} CPU processes (the recipe's CPU equivalents)"
     fi
 }

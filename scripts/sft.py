@@ -7,13 +7,14 @@ Multi-GPU (DeepSpeed ZeRO-3), e.g. the forward set D_f (`--sample_types flipped`
 `original,flipped` = D_m):
     torchrun --nproc_per_node=4 scripts/sft.py --config s1 \
         --model_name ./models/your_base_model --train_file_path ./data/split/train.parquet \
-        --output_dir ./outputs/sft_f --sample_types original --deepspeed configs/ds_config_zero3.json \
-        --bf16 --use_flash_attention --gradient_checkpointing
+        --output_dir ./outputs/sft_f --sample_types original
+(the recipe names the DeepSpeed config, bf16, flash attention and gradient checkpointing)
 
-CPU smoke run (tiny model, 2 processes, gloo):
+CPU smoke run (tiny model, 2 processes, gloo; the recipe's GPU settings become fp32 and
+configs/ds_config_zero3_cpu.json, logged in one line):
     torchrun --nproc_per_node=2 scripts/sft.py --model_name ./models/tiny-qwen \
         --train_file_path data-100samples.parquet --output_dir ./outputs/sft-tiny \
-        --deepspeed configs/ds_config_zero3_cpu.json --num_train_epochs 2 --max_length 512
+        --num_train_epochs 2 --max_length 512
 
 Accepts a preference file or any Parquet/JSONL with a chat-formatted `text` column (or a
 question column + a plain response column, rendered with the chat template). Every flag:
@@ -37,24 +38,15 @@ from fwdrev.training import (
     train_and_save,
 )
 
-# How the script runs; the hyper-parameters are in the recipe (recipes/sft/s1.yaml unless
-# --config names another, e.g. --config lora), and command-line flags override both.
-SFT_DEFAULTS = dict(
-    logging_steps=1,
-    eval_strategy="epoch",
-    save_strategy="epoch",  # checkpoint-<step>/ for resuming; the analysis reads checkpoints/<epoch>
-    save_total_limit=1,
-    report_to=["tensorboard"],
-    remove_unused_columns=False,
-    save_only_model=False,
-)
+# Everything about a run (hyper-parameters, DeepSpeed config, precision, logging) is in the
+# recipe, recipes/sft/<DEFAULT_RECIPE>.yaml unless --config names another; flags override it.
 DEFAULT_RECIPE = "s1"
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # this checkout's recipes/
 
 
 def main(argv=None):
     model_args, data_args, args, tokenizer = start_run(
-        (ModelArguments, SFTDataArguments, SFTArguments), SFT_DEFAULTS, argv, "sft", DEFAULT_RECIPE,
+        (ModelArguments, SFTDataArguments, SFTArguments), {}, argv, "sft", DEFAULT_RECIPE,
         RECIPES_DIR)
     data, train_rows, eval_rows = prepare_run_data(model_args, data_args, args, tokenizer, with_rejected=False)
 

@@ -8,7 +8,7 @@
 #   RECIPE=lora  the same schedule with a LoRA adapter (r=256, alpha=512) at lr 1e-4
 # Reference run (the paper's numbers): Qwen2.5-7B-Instruct on s1K-style data (chat-formatted
 # think + answer traces), loss on the assistant part only, sequences up to 20,000 tokens, bf16,
-# ZeRO-3 + flash attention + gradient checkpointing:
+# ZeRO-3 + flash attention + gradient checkpointing (all in the recipe):
 #   MODEL_PATH=./models/Qwen2.5-7B-Instruct DATA_PATH=./data/split/train.parquet \
 #   bash scripts/sft.sh
 # Then DPO from an SFT model: dpo/7b-train_multiple_base_models.sh (MODEL_PATHS=OUTPUT/sft_m/merged).
@@ -25,13 +25,15 @@ RECIPE="${RECIPE:-s1}"                  # s1 or lora (recipes/sft/), or a YAML p
 EXTRA_ARGS="${EXTRA_ARGS:-}"            # any further scripts/sft.py flags (--merge_weights, --num_train_epochs 2)
 # OUTPUT_ROOT/sft_<set> already holding a trained run is refused (exit 2): use a new OUTPUT_ROOT
 # per base model, or EXTRA_ARGS="--resume_from_checkpoint latest" to continue (finished runs are skipped).
-# DS_CONFIG: DeepSpeed config (default below, by device); set it empty to run without DeepSpeed.
+# The recipe also names the DeepSpeed config, bf16, flash attention and gradient checkpointing (on a
+# machine without a GPU the scripts run their CPU equivalents). DS_CONFIG=PATH overrides the config,
+# DS_CONFIG= (empty) runs without DeepSpeed; PRECISION_ARGS="--bf16 False" overrides precision flags.
 # -------------------------------------------------------------------------------------------
 
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
 cd "${REPO_ROOT}"
 
-choose_precision configs/ds_config_zero3.json  # ds_config_zero3_10k.json offloads to CPU
+device_overrides
 
 require_path "model" "${MODEL_PATH}" || exit 1
 require_path "dataset" "${DATA_PATH}" || exit 1
@@ -47,11 +49,11 @@ for train_set in ${TRAIN_SETS}; do
     output_dir="${OUTPUT_ROOT%/}/sft_${train_set}"
     log_file="${OUTPUT_ROOT%/}/logs/sft_${train_set}.log"
     echo "=== SFT D_${train_set} (${sample_types}) -> ${output_dir} (log: ${log_file})"
-    # shellcheck disable=SC2086  # PRECISION_ARGS and EXTRA_ARGS are flag lists
+    # shellcheck disable=SC2086  # EXTRA_ARGS is a flag list
     if run_logged "${log_file}" launch scripts/sft.py \
         --model_name "${MODEL_PATH}" --train_file_path "${DATA_PATH}" --output_dir "${output_dir}" \
         --sample_types "${sample_types}" --config "${RECIPE}" \
-        ${DS_CONFIG:+--deepspeed "${DS_CONFIG}"} ${PRECISION_ARGS} ${EXTRA_ARGS}; then
+        ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"} ${EXTRA_ARGS}; then
         echo "    done: ${output_dir}/checkpoints/"
     else
         failed+=("${train_set}")

@@ -36,7 +36,7 @@ def test_ddp_full_finetuning_without_deepspeed(tiny_model_dir, tmp_path):
     """Plain DDP, trainable head: the head's chunks must not be reentrant checkpoints (each one
     would mark the head's weight ready again: "Expected to mark a variable ready only once")."""
     run_dpo(tiny_model_dir, tmp_path / "ddp", *TWO_STEPS, "--no_use_lora", "--logprob_chunk_size", "48",
-            procs=2)
+            "--deepspeed", "", procs=2)  # without the recipe's (CPU) ZeRO-3 config
     losses = train_losses(tmp_path / "ddp")
     assert list(losses.index) == [1, 2]
     assert losses.loc[1, "loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -127,11 +127,27 @@ def test_multi_node_without_the_head_address_stops_before_launching(tmp_path, mi
     assert "MASTER_ADDR" in result.stderr and "MASTER_PORT" in result.stderr
 
 
-def test_lora_dpo_launcher_defaults_to_the_non_offload_config_on_gpus(tmp_path):
-    result, calls = run_launcher(tmp_path, "dpo/7b-train_multiple_base_models.sh")
+@pytest.mark.parametrize("script", ["dpo/7b-train_multiple_base_models.sh", "scripts/sft.sh"])
+@pytest.mark.parametrize("gpus", [8, 0])
+def test_launchers_leave_deepspeed_and_precision_to_the_recipe(tmp_path, script, gpus):
+    """The recipe names its DeepSpeed config and precision; DS_CONFIG / PRECISION_ARGS from the
+    environment become flags that override it, DS_CONFIG set but empty: no DeepSpeed."""
+    device_flags = {"--deepspeed", "--bf16", "--use_flash_attention", "--gradient_checkpointing"}
+    for recipe in ("lora", "original" if script.startswith("dpo") else "s1"):
+        result, calls = run_launcher(tmp_path / recipe, script, gpus=gpus, RECIPE=recipe)
+        assert result.returncode == 0, result.stderr
+        assert calls and all(call[call.index("--config") + 1] == recipe and not device_flags & set(call)
+                             for call in calls)
+    result, calls = run_launcher(tmp_path / "set", script, gpus=gpus, DS_CONFIG="configs/ds_config_zero3_10k.json",
+                                 PRECISION_ARGS="--bf16 False --gradient_checkpointing False")
     assert result.returncode == 0, result.stderr
-    assert all(call[call.index("--deepspeed") + 1] == "configs/ds_config_zero3.json" for call in calls)
-    assert all("--gradient_checkpointing" in call and "--bf16" in call for call in calls)
+    for call in calls:
+        assert call[call.index("--deepspeed") + 1] == "configs/ds_config_zero3_10k.json"
+        assert call[call.index("--bf16"):call.index("--bf16") + 4] == ["--bf16", "False", "--gradient_checkpointing",
+                                                                        "False"]
+    result, calls = run_launcher(tmp_path / "empty", script, gpus=gpus, DS_CONFIG="")
+    assert result.returncode == 0, result.stderr
+    assert calls and all(call[call.index("--deepspeed") + 1] == "" for call in calls)
 
 
 # ---- DeepSpeed optimizer ops -------------------------------------------------------------------

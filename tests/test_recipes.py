@@ -9,7 +9,9 @@ from helpers import REPO_ROOT
 
 from fwdrev.errors import UsageError
 from fwdrev.recipes import (
+    CPU_DEEPSPEED_CONFIG,
     accumulation_steps,
+    cpu_recipe,
     load_recipe,
     pop_config_flag,
     recipe_path,
@@ -168,6 +170,60 @@ def test_global_batch_and_accumulation_both_given_is_an_error(monkeypatch, tmp_p
     accumulation.write_text("gradient_accumulation_steps: 2\nper_device_train_batch_size: 1\n")
     _, _, args = _parse_dpo(["--config", str(accumulation), "--global_batch_size", "8"], monkeypatch)  # CLI wins
     assert (args.global_batch_size, args.gradient_accumulation_steps) == (8, 8)
+
+
+GPU_SETTINGS = ("deepspeed", "bf16", "use_flash_attention", "gradient_checkpointing")
+
+
+@pytest.mark.parametrize("stage, name, config", [
+    ("dpo", "lora", "ds_config_zero3.json"), ("dpo", "original", "ds_config_zero3_10k.json"),
+    ("sft", "s1", "ds_config_zero3.json"), ("sft", "lora", "ds_config_zero3.json")])
+def test_a_recipe_names_its_deepspeed_config_and_precision(stage, name, config):
+    """What the launchers used to add by recipe name is in the recipe (issue 20 item 10)."""
+    import yaml
+
+    recipe = yaml.safe_load((RECIPES_DIR / stage / f"{name}.yaml").read_text())
+    assert recipe["deepspeed"] == f"configs/{config}" and (REPO_ROOT / recipe["deepspeed"]).is_file()
+    assert recipe["bf16"] is recipe["use_flash_attention"] is recipe["gradient_checkpointing"] is True
+    assert recipe["logging_steps"] == 1 and recipe["report_to"] == ["tensorboard"]
+
+
+def test_without_cuda_the_recipes_gpu_settings_are_swapped_in_one_logged_line(monkeypatch, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU equivalents apply on machines without CUDA")
+    with caplog.at_level("WARNING", logger="fwdrev.training"):
+        model, _, args = _parse_dpo(["--config", "original"], monkeypatch)
+    assert (args.deepspeed, args.bf16, model.use_flash_attention, args.gradient_checkpointing) == \
+        (None, False, False, False)  # one process: no DeepSpeed
+    assert args.logging_steps == 1 and args.report_to == ["tensorboard"] and not args.remove_unused_columns
+    (line,) = [record.getMessage() for record in caplog.records if "no CUDA" in record.getMessage()]
+    assert "bf16, use_flash_attention, gradient_checkpointing off" in line and "no DeepSpeed" in line
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fwdrev.training"):  # a flag on the command line wins
+        model, _, args = _parse_dpo(["--config", "original", "--gradient_checkpointing", "--bf16"], monkeypatch)
+    assert (args.bf16, model.use_flash_attention, args.gradient_checkpointing) == (True, False, True)
+    (line,) = [record.getMessage() for record in caplog.records if "no CUDA" in record.getMessage()]
+    assert "bf16" not in line and "gradient_checkpointing" not in line and "use_flash_attention" in line
+
+
+def test_cpu_equivalents_of_the_deepspeed_config():
+    recipe = {"deepspeed": "/x/configs/ds_config_zero3_10k.json", "bf16": True, "learning_rate": 1e-5}
+    settled, line = cpu_recipe(recipe, [], world_size=2, checkout=REPO_ROOT)
+    assert settled == {"deepspeed": str(REPO_ROOT / CPU_DEEPSPEED_CONFIG), "learning_rate": 1e-5}
+    assert line.count("no CUDA") == 1 and "ds_config_zero3_cpu.json" in line
+    assert cpu_recipe(recipe, ["--deepspeed", ""], world_size=2, checkout=REPO_ROOT)[0]["deepspeed"] == \
+        recipe["deepspeed"]  # the command line's value (here: none) is what parses, not the recipe's
+    assert cpu_recipe(recipe, [], world_size=1, checkout=REPO_ROOT)[0]["deepspeed"] is None
+    assert cpu_recipe({"learning_rate": 1e-5}, [], world_size=2, checkout=REPO_ROOT) == ({"learning_rate": 1e-5}, None)
+
+
+def test_a_recipes_deepspeed_path_is_found_from_any_working_directory(monkeypatch, tmp_path):
+    from fwdrev.recipes import resolve_recipe_paths
+
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_recipe_paths({"deepspeed": "configs/ds_config_zero3.json"}, REPO_ROOT)
+    assert resolved["deepspeed"] == str(REPO_ROOT / "configs" / "ds_config_zero3.json")
+    assert resolve_recipe_paths({"deepspeed": "mine.json"}, REPO_ROOT) == {"deepspeed": "mine.json"}
 
 
 def test_max_length_has_one_default():

@@ -111,7 +111,7 @@ def test_forward_reverse_mixed_sets(shared_sample_path, sample_types, expected):
 
 def test_default_recipe_is_s1s_and_response_field_alias():
     model, data, args = parse_arguments(
-        (ModelArguments, SFTDataArguments, SFTArguments), sft_script().SFT_DEFAULTS,
+        (ModelArguments, SFTDataArguments, SFTArguments), {},
         ["--model_name", "m", "--train_file_path", "d", "--output_dir", "o", "--response_field", "worse-text"],
         stage="sft", default_recipe=sft_script().DEFAULT_RECIPE,
         recipes_dir=sft_script().RECIPES_DIR)
@@ -119,7 +119,13 @@ def test_default_recipe_is_s1s_and_response_field_alias():
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (1e-5, "cosine", 0.05)
     assert (args.weight_decay, args.adam_beta1, args.adam_beta2) == (1e-4, 0.9, 0.95)
     assert args.num_train_epochs == 6 and args.save_every_epoch and not model.use_lora  # s1: full
-    assert args.gradient_accumulation_steps == 16 and not args.bf16  # global batch 16; --bf16 is asked for
+    assert args.gradient_accumulation_steps == 16  # global batch 16
+    # how the script runs is in the recipe too (it had SFT_DEFAULTS)
+    assert (args.logging_steps, args.report_to, args.save_total_limit) == (1, ["tensorboard"], 1)
+    assert args.save_strategy == args.eval_strategy == "epoch" and not args.remove_unused_columns
+    if not torch.cuda.is_available():  # the recipe's GPU settings, as a CPU runs them
+        assert (args.deepspeed, args.bf16, model.use_flash_attention, args.gradient_checkpointing) == \
+            (None, False, False, False)
 
 
 # ---- training runs -----------------------------------------------------------------------
