@@ -106,7 +106,12 @@ def main(argv=None) -> None:
                              "--ref_base_model")
     data, pairs = load_scoring_pairs(args, tokenizer)
     group_ids = problem_group_ids(data.frame, args.group_field, args.dataset_path)
-    trained_on = train_overlap([args.model_path], data, args.allow_train_overlap, args.require_provenance)
+    # the model and, for an adapter, the base it is loaded on (also one forced onto it)
+    loaded_base = None
+    if is_adapter_dir(args.model_path):
+        loaded_base = args.base_model or recorded_adapter_base(args.model_path)
+    trained_on = train_overlap([p for p in (args.model_path, loaded_base) if p], data, args.allow_train_overlap,
+                               args.require_provenance)
     if args.ref_model_path:  # a beta the model was not trained with fails before scoring
         beta, loss_type = dpo_reward_settings(args.model_path, args.beta, args.force_beta)
         args.beta, args.loss_type = beta, loss_type  # what the rows are scored with (shard key)

@@ -229,7 +229,8 @@ def main(argv=None) -> None:
     stage = checkpoints[0].stage
     args.checkpoint_dir = str(checkpoints[0].path.parent)  # a run folder and its checkpoints/ are one setting
     args.base_model = resolve_base_model(args, checkpoints)
-    trained_from = [checkpoints[0].path, args.base_model]
+    # every checkpoint scored, and the base: each says (in its record) what it was trained on
+    trained_from = [c.path for c in checkpoints] + [args.base_model]
     if args.include_base:
         checkpoints.insert(0, base_checkpoint(stage))
     check_settings(args, stage, output_dir, shard.is_main)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fwdrev.errors import UsageError
 from fwdrev.layout import EPOCH_CHECKPOINT as SFT_FOLDER
 from fwdrev.layout import EPOCH_CHECKPOINTS
 from fwdrev.layout import STEP_CHECKPOINT as DPO_FOLDER
@@ -31,6 +32,10 @@ from fwdrev.run_identity import check_same_run, run_config_of
 
 STAGES = ("sft", "dpo")
 BASE_NAME = "base"
+
+
+class CheckpointsNotFound(UsageError, FileNotFoundError):
+    """No (or not the asked-for) checkpoints in a folder: exit 2 with the message, no traceback."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
 
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
-        raise FileNotFoundError(f"checkpoint folder not found: {checkpoint_dir}")
+        raise CheckpointsNotFound(f"checkpoint folder not found: {checkpoint_dir}")
     epoch_folders = checkpoint_dir / EPOCH_CHECKPOINTS
     if stage in ("sft", "auto") and epoch_folders.is_dir() and any(
             SFT_FOLDER.match(p.name) for p in epoch_folders.iterdir() if p.is_dir()):
@@ -70,7 +75,7 @@ def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
         raise ValueError(f"stage must be one of {STAGES} or 'auto', got {stage!r}")
     if not numbered[stage]:
         expected = "checkpoint-<step>" if stage == "dpo" else "numeric epoch"
-        raise FileNotFoundError(f"no {expected} folders in {checkpoint_dir}")
+        raise CheckpointsNotFound(f"no {expected} folders in {checkpoint_dir}")
     if stage == "dpo":
         found = [Checkpoint(p.name, p, stage, ordinal, step)
                  for ordinal, (step, p) in enumerate(numbered["dpo"], start=1)]
@@ -82,13 +87,13 @@ def discover_checkpoints(checkpoint_dir: str | Path, stage: str = "auto",
     if epochs is not None:
         missing = sorted(set(epochs) - {c.epoch for c in found})
         if missing:
-            raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint for epoch(s) {missing}; "
+            raise CheckpointsNotFound(f"{checkpoint_dir}: no checkpoint for epoch(s) {missing}; "
                                     f"found {[c.name for c in found]}")
         found = [c for c in found if c.epoch in set(epochs)]
     unloadable = [c.name for c in found
                   if not (is_adapter_dir(c.path) or (c.path / "config.json").is_file())]
     if unloadable:
-        raise FileNotFoundError(f"{checkpoint_dir}: folders {unloadable} hold neither a LoRA "
+        raise CheckpointsNotFound(f"{checkpoint_dir}: folders {unloadable} hold neither a LoRA "
                                 "adapter (adapter_config.json) nor a model (config.json)")
     return found
 

@@ -87,7 +87,9 @@ class RunRecord:
 
     @property
     def identity(self):
-        return self.config.get("run_id") or str(self.folder.resolve())
+        """One record per run and training data (copies of a record in its checkpoints count once)."""
+        run_id = self.config.get("run_id")
+        return (run_id, (self.training_data or {}).get("sha256")) if run_id else str(self.folder.resolve())
 
 
 def _existing(path: str | None, relative_to: Path | None = None) -> Path | None:
@@ -195,12 +197,14 @@ def train_overlap(model_paths: Iterable[str | Path], data, allow: bool,
         no_record(", ".join(str(p) for p in model_paths), require)
         return None
     keys = problem_keys(data)
-    hits = set().union(*(overlapping_rows(r, data, keys) for r in records.values()))
+    hits_by_run = {identity: overlapping_rows(r, data, keys) for identity, r in records.items()}
+    hits = set().union(*hits_by_run.values())
     trained_on = {i: i in hits for i in keys}
     column = group_column(data.frame)
     problems = len({data.frame.at[i, column] for i in hits}) if column in data.frame.columns else len(hits)
     if hits and not allow:
-        runs = ", ".join(f"{r.folder} (run {r.config.get('run_id') or 'without id'})" for r in records.values())
+        runs = ", ".join(f"{r.folder} (run {r.config.get('run_id') or 'without id'}: {len(hits_by_run[i])} rows)"
+                         for i, r in records.items() if hits_by_run[i])  # only the runs that trained on them
         raise UsageError(
             f"{len(hits)} of {len(keys)} scored rows of {data.report.path} ({problems} "
             f"problems) were in the training data of {runs}; score held-out rows (e.g. the "

@@ -122,6 +122,54 @@ def decide_run_id(args, overwrite: bool) -> str:
         args.process_index, args.world_size)
 
 
+# What a resumed run must share with the record of the run it continues: its data, start model
+# and every setting its updates depend on. The rest (--max_steps / --num_train_epochs to train
+# further, saving, logging, memory settings) may change on resume.
+RESUME_FIXED_ENTRIES = {"training_data": ("sha256", "train_example_ids", "eval_example_ids"),
+                        "base_model": ("fingerprint",), "init_adapter": ("fingerprint",)}
+RESUME_FIXED_ARGUMENTS = frozenset({
+    "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "trust_remote_code",
+    "prompt_field", "flipped_prompt_field", "chosen_field", "rejected_field", "sample_types",
+    "drop_invalid_rows", "max_length", "max_prompt_length", "eval_size",
+    "learning_rate", "lr_scheduler_type", "lr_schedule", "warmup_steps", "warmup_ratio", "weight_decay",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "seed",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "fp16",
+    "beta", "loss_type", "sft_weight", "disable_dropout"})  # not precompute_ref_log_probs: same reference
+
+
+def resume_differences(recorded: dict, wanted: dict) -> list[str]:
+    """What a resumed run (``wanted``, its new run_config) changes of the run it continues
+    (``recorded``): 'entry.field (recorded -> now)' for every fixed setting that differs."""
+    recorded, wanted = (json.loads(json.dumps(r, default=str)) for r in (recorded, wanted))
+    differ = []
+    for entry, fields in RESUME_FIXED_ENTRIES.items():
+        for name in fields:
+            old, new = ((r.get(entry) or {}).get(name) for r in (recorded, wanted))
+            if old != new:
+                differ.append(f"{entry}.{name}" + ("" if isinstance(old, list) else f" ({old!r} -> {new!r})"))
+    for group, values in wanted.items():
+        if group.endswith("Arguments") and isinstance(values, dict):
+            old_values = recorded.get(group) or {}
+            differ += [f"{group}.{name} ({old_values.get(name)!r} -> {values.get(name)!r})"
+                       for name in sorted(RESUME_FIXED_ARGUMENTS & values.keys())
+                       if old_values.get(name) != values.get(name)]
+    return differ
+
+
+def check_resume_keeps_the_run(output_dir: str | Path, run_id: str | None, wanted: dict) -> None:
+    """Refuse (exit 2) to resume the run recorded in ``output_dir`` with other data, start model or
+    settings: its checkpoints would mix two runs under one run_id, and its record would describe
+    a run that never happened (checked before anything is written)."""
+    recorded = run_config_of(output_dir)
+    if not recorded or not run_id or recorded.get("run_id") != run_id:
+        return  # a fresh run, or a new folder continuing another folder's checkpoint
+    differ = resume_differences(recorded, wanted)
+    if differ:
+        raise UsageError(f"--resume_from_checkpoint: run {run_id} in {output_dir} was trained with other "
+                         f"settings than these: {'; '.join(differ)}. Resume it with its recorded settings "
+                         "(run_config.json), or start over with --overwrite_output_dir or in a new --output_dir")
+
+
 def write_record(output_dir: str | Path, model_folder: str | Path) -> None:
     """Copy the run's record (OUTPUT_DIR/run_config.json) into a model folder it wrote."""
     source = Path(output_dir) / RUN_CONFIG

@@ -44,6 +44,7 @@ from fwdrev.run_folder import check_output_dir, run_is_complete
 from fwdrev.run_identity import (
     RunRecordCallback,
     adopt_unrecorded_checkpoints,
+    check_resume_keeps_the_run,
     decide_run_id,
     resolve_resume_checkpoint,
     write_record,
@@ -182,27 +183,31 @@ def prepare_training_data(model_args: ModelArguments, data_args: DataArguments, 
 
 def write_run_config_and_data_report(model_args: ModelArguments, data_args: DataArguments, training_args,
                                      data, train_items: list, eval_items: list) -> None:
-    """OUTPUT_DIR/run_config.json (arguments + training record) and data_report.json, on rank 0."""
+    """OUTPUT_DIR/run_config.json (arguments + training record) and data_report.json, on rank 0.
+
+    A resumed run must keep the data, start model and settings of the run it continues
+    (``run_identity.check_resume_keeps_the_run``, every rank, before anything is written).
+    """
+    run_id = getattr(training_args, "run_id", None)  # set by start_run
+    record = training_record(data, [p.example_id for p in train_items], [p.example_id for p in eval_items],
+                             model_args.model_name, model_args.init_adapter, run_id=run_id,
+                             stage=getattr(training_args, "run_stage", None))
+    config = run_config(model_args, data_args, training_args, records=record)
+    check_resume_keeps_the_run(training_args.output_dir, run_id, config)
     if training_args.process_index != 0:
         return
-    os.makedirs(training_args.output_dir, exist_ok=True)
-
-    record = training_record(data, [p.example_id for p in train_items], [p.example_id for p in eval_items],
-                             model_args.model_name, model_args.init_adapter,
-                             run_id=getattr(training_args, "run_id", None),  # set by start_run
-                             stage=getattr(training_args, "run_stage", None))
-    save_run_config(training_args.output_dir, model_args, data_args, training_args, records=record)
+    write_json(Path(training_args.output_dir) / RUN_CONFIG, config)
     data.report.save_json(os.path.join(training_args.output_dir, DATA_REPORT))
 
 
-def save_run_config(output_dir: str, *argument_groups, records: dict | None = None) -> None:
+def run_config(*argument_groups, records: dict | None = None) -> dict:
     """The resolved arguments, and ``records`` (``fwdrev.provenance.training_record``)."""
     config = {}
     for group in argument_groups:
         values = group.to_dict() if hasattr(group, "to_dict") else dataclasses.asdict(group)
         config[type(group).__name__] = values
     config.update(records or {})
-    write_json(Path(output_dir) / RUN_CONFIG, config)
+    return config
 
 
 class MetricsCSVCallback(TrainerCallback):
@@ -296,12 +301,20 @@ def start_run(dataclass_types, defaults: dict, argv, stage: str, default_recipe:
                                                   default_recipe=default_recipe, recipes_dir=recipes_dir)
     setup_logging(args)
     check_attention_precision(model_args, args)
+    if model_args.overwrite_output_dir and args.resume_from_checkpoint:
+        if args.resume_from_checkpoint != "latest":
+            raise UsageError(f"--overwrite_output_dir starts a new run; --resume_from_checkpoint "
+                             f"{args.resume_from_checkpoint} continues one: give one of them")
+        logger.info("--overwrite_output_dir: a new run from scratch (--resume_from_checkpoint latest ignored)")
+        args.resume_from_checkpoint = None
     check_output_dir(args.output_dir, args.resume_from_checkpoint, model_args.overwrite_output_dir)
     if model_args.init_adapter:  # continued on the model (content) it was trained on, or exit 2
         resolve_adapter_base(model_args.init_adapter, model_args.model_name, model_args.force_base_model,
                              "--model_name")
     args.run_id = decide_run_id(args, model_args.overwrite_output_dir)
     args.run_stage = stage
+    # a checkpoint of another run stops here, before this run writes its record
+    resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, args.run_id)
     return model_args, data_args, args, load_training_tokenizer(model_args)
 
 

@@ -9,6 +9,7 @@ Records are written as the training scripts write them (``write_run_config_and_d
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -336,3 +337,83 @@ def test_ranks_share_rank_0s_run_id_and_only_rank_0_clears_the_folder(tmp_path):
                                                             [str(r) for r in results]), nprocs=2)
     assert results[0].read_text() == results[1].read_text() and len(results[0].read_text()) == 32
     assert not (folders[0] / "checkpoint-2").exists() and (folders[1] / "checkpoint-2").exists()
+
+
+# ---- a review's findings: resuming with other settings, overlap of every checkpoint and base ----
+def test_resume_with_other_settings_stops_before_rewriting_the_record(files, tiny_model_dir, tmp_path, one_thread):
+    dpo = ["--per_device_train_batch_size", "2", "--save_steps", "2", "--max_steps", "2"]
+    train("dpo/combined_dpo", files, tiny_model_dir, tmp_path, *dpo, "--beta", "0.1")
+    recorded = (tmp_path / "run_config.json").read_text()
+    # a finished run "resumed" with another beta / other data: before, "run already complete", the
+    # record rewritten with beta 0.7 / test.parquet, and the analysis used them (exit 0)
+    with pytest.raises(UsageError, match=r"DPOArguments\.beta \(0\.1 -> 0\.7\)"):
+        train("dpo/combined_dpo", files, tiny_model_dir, tmp_path, *dpo, "--beta", "0.7",
+              "--resume_from_checkpoint", "latest")
+    with pytest.raises(UsageError, match=r"training_data\.sha256"):
+        load_script("dpo", "combined_dpo").main(
+            ["--model_name", str(tiny_model_dir), "--train_file_path", str(files / "test.parquet"),
+             "--output_dir", str(tmp_path), *TRAIN, *dpo, "--beta", "0.1", "--resume_from_checkpoint", "latest"])
+    assert (tmp_path / "run_config.json").read_text() == recorded
+    # a checkpoint of another run is refused before this folder's record is touched
+    other = tmp_path.parent / f"{tmp_path.name}_other"
+    train("dpo/combined_dpo", files, tiny_model_dir, other, *dpo, "--beta", "0.3")
+    with pytest.raises(UsageError, match="other runs"):
+        train("dpo/combined_dpo", files, tiny_model_dir, tmp_path, *dpo, "--beta", "0.9",
+              "--resume_from_checkpoint", str(other / "checkpoint-2"))
+    assert (tmp_path / "run_config.json").read_text() == recorded
+
+
+def test_overwrite_wins_over_resume_latest(files, tiny_model_dir, tmp_path, one_thread):
+    sft = ["--config", "lora", "--sample_types", "original", "--per_device_train_batch_size", "4"]
+    train("scripts/sft", files, tiny_model_dir, tmp_path, *sft, "--num_train_epochs", "2", "--learning_rate", "1e-3")
+    first = run_id_of(tmp_path)
+    # the quickstart always passes --resume_from_checkpoint latest: before, the overwrite was ignored
+    train("scripts/sft", files, tiny_model_dir, tmp_path, *sft, "--num_train_epochs", "1", "--learning_rate", "1e-4",
+          "--overwrite_output_dir", "--resume_from_checkpoint", "latest")
+    assert run_id_of(tmp_path) != first and [c.name for c in discover_checkpoints(tmp_path)] == ["1"]
+    assert json.loads((tmp_path / "run_config.json").read_text())["SFTArguments"]["learning_rate"] == 1e-4
+    with pytest.raises(UsageError, match="give one of them"):
+        train("scripts/sft", files, tiny_model_dir, tmp_path, *sft, "--overwrite_output_dir",
+              "--resume_from_checkpoint", str(tmp_path / "checkpoint-1"))
+
+
+def test_series_overlap_checks_every_checkpoint(files, tiny_model_dir, tmp_path):
+    """A checkpoint's own record counts, not only the first checkpoint's (and the base's)."""
+    run = tmp_path / "run"
+    record_run(run, files / "train.parquet", tiny_model_dir, tiny_model_dir)
+    write_record(run, full_model(tiny_model_dir, run / "checkpoints" / "1", scale=1.1))
+    second = full_model(tiny_model_dir, run / "checkpoints" / "2", scale=1.2)
+    write_record(run, second)
+    record = json.loads((second / "run_record.json").read_text())
+    record_run(tmp_path / "test_run", files / "test.parquet", tiny_model_dir, tiny_model_dir)
+    trained_on_test = json.loads((tmp_path / "test_run" / "run_config.json").read_text())["training_data"]
+    (second / "run_record.json").write_text(json.dumps({**record, "training_data": trained_on_test}))
+    with pytest.raises(UsageError, match=r"scored rows .* were in the training data of .*2"):
+        analyze_training_dynamics.main(["--checkpoint_dir", str(run), "--output_dir", str(tmp_path / "out"),
+                                        *flags(files / "test.parquet")])
+
+
+def test_forced_base_counts_in_the_overlap_check(files, tiny_model_dir, tmp_path):
+    """An adapter forced onto a base trained on the scored rows: those rows were trained on."""
+    sft_y = full_model(tiny_model_dir, tmp_path / "sft_y", scale=1.2)
+    record_run(sft_y, files / "train.parquet", tiny_model_dir, tiny_model_dir)
+    dpo = save_adapter(sft_y, tmp_path / "dpo_y", seed=3)
+    record_run(dpo, files / "train.parquet", sft_y, tiny_model_dir)
+    full_model(tiny_model_dir, sft_y, scale=0.8)  # SFT re-run into sft_y, now on the test rows
+    record_run(sft_y, files / "test.parquet", tiny_model_dir, tiny_model_dir)
+    with pytest.raises(UsageError, match=r"4 of 4 scored rows .*sft_y"):
+        analyze_dpo_model.main(["--model_path", str(dpo), "--output_dir", str(tmp_path / "out"),
+                                "--force_base_model", *flags(files / "test.parquet")])
+
+
+def test_missing_epoch_is_exit_2(files, tiny_model_dir, tmp_path):
+    from helpers import REPO_ROOT, run_command
+
+    run = tmp_path / "run"
+    record_run(run, files / "train.parquet", tiny_model_dir, tiny_model_dir)
+    write_record(run, full_model(tiny_model_dir, run / "checkpoints" / "1", scale=1.1))
+    result = run_command([sys.executable, str(REPO_ROOT / "analysis" / "analyze_training_dynamics.py"),
+                          "--checkpoint_dir", str(run), "--epochs", "1,2", "--output_dir", str(tmp_path / "out"),
+                          *flags(files / "test.parquet")])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert_mentions(result.stderr, "epoch(s) [2]")
