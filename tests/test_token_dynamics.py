@@ -172,4 +172,6 @@ def test_argmax_and_positions_take_no_extra_forward(collected):
     finally:
         hook.remove()
     assert plain_calls == 2 * len(pairs) and len(calls) == 2 * plain_calls  # one forward per response, both runs
-    pd.testing.assert_frame_equal(plain, scores)  # and the same scores with the hook on
+    # and the same scores with the hook on, to float32 rounding: multi-threaded CPU matmuls differ
+    # in the last bits between calls (seen in CI: 5e-7 on a delta of two per-token maxima)
+    pd.testing.assert_frame_equal(plain, scores, check_exact=False, rtol=1e-5, atol=1e-5)
