@@ -36,11 +36,12 @@ from fwdrev.evaluation.sources import load_benchmark_frame, parse_data_files
 from fwdrev.evaluation.summary import accuracy_table, markdown, paired_difference, paper_table
 from fwdrev.evaluation.tasks import BENCHMARKS, gpqa_problems, heldout_problems, math_problems, parse_benchmarks
 from fwdrev.evaluation.vllm_backend import import_vllm
-from fwdrev.fingerprint import file_sha256
+from fwdrev.fingerprint import file_sha256, model_fingerprint
 from fwdrev.io import atomic_write_text, write_json, write_table
 from fwdrev.modeling import load_tokenizer
 
 PREDICTIONS = "predictions.jsonl"
+MODEL_FINGERPRINTS = "model_fingerprints.json"  # label -> content of the weights its predictions came from
 
 
 def thinking_tokens(value: str):
@@ -181,6 +182,21 @@ def _read_existing(path: str) -> list[dict]:
     return read_records(path)[0]
 
 
+def check_model_content(output_dir: Path, store: PredictionStore, fingerprints: dict[str, str]) -> None:
+    """Predictions are resumed per model label: a label whose weights changed since (a model
+    retrained at the same path) stops with exit 2 instead of mixing old generations into its row."""
+    path = output_dir / MODEL_FINGERPRINTS
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    labels_done = {r["model"] for r in store.records}
+    changed = sorted(label for label, fingerprint in fingerprints.items()
+                     if label in labels_done and recorded.get(label) != fingerprint)
+    if changed:
+        raise UsageError(f"{output_dir} holds predictions of {changed} generated from other weights (or "
+                         f"without a record of them, {MODEL_FINGERPRINTS}); use another --output_dir, "
+                         "or other model labels")
+    write_json(path, {**recorded, **fingerprints})
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -200,6 +216,8 @@ def main(argv=None) -> None:
     else:
         specs = series_specs(args.checkpoint_dir, args.stage, args.epochs, args.include_base,
                              args.base_model, args.force_base_model)
+    check_model_content(output_dir, store, {s.label: model_fingerprint(
+        s.path or tokenizer_source(s, args.base_model, args.force_base_model)) for s in specs})
     known = dict.fromkeys([r["model"] for r in store.records] + [s.label for s in specs])  # in run order
     for pair in args.paired:  # before hours of generation, not after
         unknown = [m for m in pair.split(",") if m not in known]

@@ -179,3 +179,25 @@ def test_a_checkpoint_series_gives_a_row_per_checkpoint_and_a_figure(tiny_model_
     plot = load_script("visualization", "plot_benchmark_accuracy")
     plot.main(["--results_dirs", str(output_dir), "--output_stem", str(tmp_path / "fig" / "accuracy")])
     assert (tmp_path / "fig" / "accuracy.png").stat().st_size > 1000
+
+
+def test_a_model_retrained_at_the_same_path_is_not_resumed(tiny_model_dir, heldout, tmp_path):
+    """Predictions resume per model label; before, another model's weights at the same path (and
+    label) reused the old generations and the table mixed two models."""
+    import shutil
+
+    import torch
+
+    from fwdrev.errors import UsageError
+    from fwdrev.modeling import load_causal_lm
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    output_dir = tmp_path / "out"
+    evaluate_benchmarks.main(flags(model_dir, heldout, output_dir))
+    model = load_causal_lm(str(model_dir))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(model_dir)  # "retrained" into the same folder
+    with pytest.raises(UsageError, match=r"\['tiny'\] generated from other weights"):
+        evaluate_benchmarks.main(flags(model_dir, heldout, output_dir))
