@@ -197,6 +197,19 @@ def check_model_content(output_dir: Path, store: PredictionStore, fingerprints: 
     write_json(path, {**recorded, **fingerprints})
 
 
+def check_data_content(output_dir: Path, store: PredictionStore, files: dict[str, str]) -> None:
+    """A local benchmark file regenerated at the same path is not resumed (exit 2): its ids would
+    match predictions made for other problems."""
+    path = output_dir / "run_config.json"
+    recorded = (json.loads(path.read_text()).get("benchmarks") or {}) if path.is_file() else {}
+    done = {r["benchmark"] for r in store.records}
+    changed = sorted(name for name, file in files.items() if name in done and name in recorded
+                     and recorded[name].get("sha256") not in (None, file_sha256(file)))
+    if changed:
+        raise UsageError(f"{output_dir} holds predictions of {changed} made from other data (the file's "
+                         "SHA-256 changed since); use another --output_dir")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -218,6 +231,7 @@ def main(argv=None) -> None:
                              args.base_model, args.force_base_model)
     check_model_content(output_dir, store, {s.label: model_fingerprint(
         s.path or tokenizer_source(s, args.base_model, args.force_base_model)) for s in specs})
+    check_data_content(output_dir, store, files)
     known = dict.fromkeys([r["model"] for r in store.records] + [s.label for s in specs])  # in run order
     for pair in args.paired:  # before hours of generation, not after
         unknown = [m for m in pair.split(",") if m not in known]

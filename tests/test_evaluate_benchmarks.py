@@ -201,3 +201,14 @@ def test_a_model_retrained_at_the_same_path_is_not_resumed(tiny_model_dir, heldo
     model.save_pretrained(model_dir)  # "retrained" into the same folder
     with pytest.raises(UsageError, match=r"\['tiny'\] generated from other weights"):
         evaluate_benchmarks.main(flags(model_dir, heldout, output_dir))
+
+
+def test_a_benchmark_file_regenerated_at_the_same_path_is_not_resumed(tiny_model_dir, tmp_path):
+    from fwdrev.errors import UsageError
+
+    data = tmp_path / "test.parquet"
+    generate_preference_rows(4, seed=2).to_parquet(data)
+    evaluate_benchmarks.main(flags(tiny_model_dir, data, tmp_path / "out"))
+    generate_preference_rows(4, seed=7).to_parquet(data)  # other problems, same ids
+    with pytest.raises(UsageError, match=r"\['heldout'\] made from other data"):
+        evaluate_benchmarks.main(flags(tiny_model_dir, data, tmp_path / "out"))
